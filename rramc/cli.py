@@ -1,0 +1,245 @@
+"""The ``rramc`` command line: compile, run, inspect, passes, targets, demo."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rramc.errors import RramcError
+
+app = typer.Typer(
+    name="rramc",
+    help="Compile PyTorch networks for RRAM crossbar chips and simulate them with nonlinear device I-V.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reports_errors(command: F) -> F:
+    """Print rramc's own errors as one message without a traceback, and exit 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RramcError as exc:
+            errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            errors.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(","))
+    except ValueError:
+        raise RramcError(f"--input-shape {text!r}: expected sizes separated by commas, e.g. 1,28,28") from None
+    if not shape or min(shape) < 1:
+        raise RramcError(f"--input-shape {text!r}: sizes must be positive")
+    return shape
+
+
+DatasetOption = Annotated[Optional[str], typer.Option("--dataset", "-d", help="digits, mnist, fashion-mnist or cifar10")]
+DataDirOption = Annotated[Optional[Path], typer.Option("--data-dir", help="directory with the data set's files")]
+
+
+@app.command()
+@reports_errors
+def compile(
+    model: Annotated[Path, typer.Argument(help="a .pt2 torch.export archive, a state_dict file (with --model) or a pickled module (with --trust-pickle)")],
+    target: Annotated[str, typer.Option("--target", "-t", help="target YAML file or builtin name (ideal, rram_a, rram_b)")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="executable file to write [default: MODEL's name with .rramx]")] = None,
+    factory: Annotated[Optional[str], typer.Option("--model", "-m", help="module:function building the network, for a state_dict")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow loading a pickled nn.Module (runs code from the file)")] = False,
+    input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="per-sample input shape, e.g. 1,28,28 [default: the data set's]")] = None,
+    calibration: Annotated[Optional[str], typer.Option("--calibration", "-c", help="data set to calibrate on (train split) [default: the one recorded in the .pt2]")] = None,
+    data_dir: DataDirOption = None,
+    calibration_samples: Annotated[int, typer.Option(help="calibration samples")] = 512,
+    passes: Annotated[Optional[str], typer.Option("--passes", "-p", help="pipeline, e.g. 'canonicalize,quantize{levels=16},tile,calibrate,emit'")] = None,
+    skip: Annotated[Optional[list[str]], typer.Option("--skip", help="skip a pass of the pipeline (repeatable)")] = None,
+    print_ir: Annotated[bool, typer.Option("--print-ir", help="print the IR after every pass")] = False,
+    time_passes: Annotated[bool, typer.Option("--time-passes", help="print how long each pass took")] = False,
+    seed: Annotated[int, typer.Option(help="seed for passes that draw random numbers")] = 0,
+) -> None:
+    """Compile MODEL for a target into one executable file."""
+    import torch
+
+    from rramc.compiler import compile as compile_model
+    from rramc.datasets import load_dataset
+    from rramc.frontend import load_model
+    from rramc.hardware import load_target
+    from rramc.pipeline import PassManager, default_pipeline, parse_pipeline
+
+    target_spec = load_target(target)
+    dataset_name = calibration
+    shape = _parse_shape(input_shape)
+    if shape is None and dataset_name is not None and model.suffix != ".pt2":
+        shape = load_dataset(dataset_name, "train", data_dir).sample_shape
+    loaded = load_model(model, factory=factory, trust_pickle=trust_pickle, input_shape=shape)
+    dataset_name = dataset_name or loaded.metadata.get("dataset")
+    if dataset_name is None:
+        raise RramcError(f"{model}: calibration needs sample data; pass --calibration DATASET (digits, mnist, fashion-mnist, cifar10)")
+    calibration_set = load_dataset(dataset_name, "train", data_dir).shuffled(seed).take(calibration_samples)
+    from rramc.runtime.evaluate import fit_inputs
+
+    (graph_input,) = loaded.graph.inputs
+    samples = fit_inputs(calibration_set.images, graph_input.shape, dataset_name)
+    pipeline = parse_pipeline(passes) if passes else default_pipeline()
+    manager = PassManager(pipeline, skip=frozenset(skip or ()), print_after_each=print_ir,
+                          print_ir=lambda name, text: console.print(f"[bold]// IR after {name}[/]\n{text}", highlight=False))
+    exe = compile_model(loaded.graph, target_spec, calibration_data=samples, seed=seed, pass_manager=manager,
+                        metadata={"source": str(model), "calibration": dataset_name, **{f"model.{k}": v for k, v in loaded.metadata.items()}})
+    output = output or Path(model.name).with_suffix(".rramx")
+    exe.save(output)
+    console.print(f"wrote {output}: {exe.array_count()} arrays of {target_spec.crossbar.rows}×{target_spec.crossbar.cols} "
+                  f"for target {target_spec.name} ({exe.metadata['compile_seconds']:.2f} s)")
+    if time_passes:
+        table = Table("pass", "seconds")
+        for name, seconds in manager.timings:
+            table.add_row(name, f"{seconds:.4f}")
+        console.print(table)
+    del torch
+
+
+@app.command()
+@reports_errors
+def run(
+    executable: Annotated[Path, typer.Argument(help="an .rramx file written by rramc compile")],
+    dataset: DatasetOption = "digits",
+    data_dir: DataDirOption = None,
+    split: Annotated[str, typer.Option(help="train or test")] = "test",
+    batch_size: Annotated[int, typer.Option(help="samples per batch")] = 256,
+    limit: Annotated[Optional[int], typer.Option(help="evaluate the first N samples only")] = None,
+    seed: Annotated[int, typer.Option(help="chip instance: programming variation, faults and read noise")] = 0,
+    device: Annotated[str, typer.Option(help="torch device to simulate on (cpu, cuda)")] = "cpu",
+    download: Annotated[bool, typer.Option(help="download the data set if it is missing (needs the network)")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the report as JSON")] = None,
+) -> None:
+    """Run an executable on a data set and report float vs simulated-chip accuracy."""
+    from rramc.datasets import load_dataset
+    from rramc.runtime.executable import load_executable
+
+    exe = load_executable(executable)
+    data = load_dataset(dataset or "digits", split, data_dir, download=download)
+    report = exe.run(data, batch_size=batch_size, seed=seed, device=_torch_device(device), limit=limit, progress=sys.stderr.isatty())
+    report.render(console)
+    if json_path is not None:
+        report.to_json(json_path)
+        console.print(f"wrote {json_path}")
+
+
+def _torch_device(name: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RramcError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RramcError("--device cuda: no CUDA device is available here; use --device cpu")
+    return name
+
+
+@app.command()
+@reports_errors
+def inspect(
+    executable: Annotated[Path, typer.Argument(help="an .rramx file")],
+    ir: Annotated[bool, typer.Option("--ir/--no-ir", help="print the IR")] = True,
+    tiles: Annotated[bool, typer.Option("--tiles/--no-tiles", help="list every tile and its array")] = True,
+) -> None:
+    """Show an executable's target, IR, tiles and array utilisation."""
+    from rramc.runtime.executable import load_executable
+
+    exe = load_executable(executable)
+    console.print(f"[bold]{executable}[/]  (compiled from {exe.metadata.get('source', '?')}, pipeline {exe.metadata.get('pipeline', '?')})")
+    console.print(f"target {exe.target.describe()}", highlight=False)
+    if ir:
+        console.print(str(exe.graph), highlight=False)
+    usage = exe.array_usage()
+    if tiles:
+        table = Table("layer", "array", "word lines", "outputs", "cells used", "utilisation", title="Tiles")
+        for u in usage:
+            table.add_row(u["layer"], str(u["array"]), f"{u['rows'][0]}:{u['rows'][1]}", f"{u['outputs'][0]}:{u['outputs'][1]}",
+                          str(u["cells"]), f"{100 * u['utilisation']:.1f} %")
+        console.print(table)
+    spec = exe.target.crossbar
+    cells = sum(u["cells"] for u in usage)
+    capacity = len(usage) * spec.rows * spec.cols
+    console.print(f"{len(usage)} arrays of {spec.rows}×{spec.cols}, {cells:,} of {capacity:,} cells used "
+                  f"({100 * cells / max(capacity, 1):.1f} %), {len(usage)} ADC tile readouts")
+
+
+@app.command()
+@reports_errors
+def passes() -> None:
+    """List the available passes (built in and from plugins) with their options."""
+    from rramc.pipeline import DEFAULT_PIPELINE, PASSES
+
+    origins = PASSES.origins()
+    for name in PASSES.names():
+        cls = PASSES.get(name)
+        console.print(f"[bold]{name}[/]  {cls.summary()}", highlight=False)
+        console.print(f"    from {origins[name]}", style="dim", highlight=False)
+        for option, kind, default, help_text in cls.options():
+            console.print(f"    {option}: {kind} = {default!r}  {help_text}", highlight=False)
+    console.print(f"default pipeline: {DEFAULT_PIPELINE}")
+
+
+@app.command()
+@reports_errors
+def targets(
+    name: Annotated[Optional[str], typer.Argument(help="a builtin name or YAML file to validate and describe")] = None,
+    fields: Annotated[bool, typer.Option("--fields", help="list every field a target file may set")] = False,
+) -> None:
+    """List the builtin targets, validate a target file, or show the fields of the format."""
+    from rramc.hardware import builtin_targets, load_target
+    from rramc.hardware.target import target_fields
+
+    if fields:
+        for section, entries in target_fields().items():
+            console.print(f"[bold]{section}[/]")
+            for field, text in entries:
+                console.print(f"  {field}: {text}", highlight=False)
+        return
+    for spec in [name] if name else builtin_targets():
+        console.print(load_target(spec).describe(), highlight=False)
+
+
+@app.command()
+@reports_errors
+def demo(
+    target: Annotated[str, typer.Option("--target", "-t", help="target to compile for")] = "rram_a",
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the executable")] = Path("digits_mlp.rramx"),
+) -> None:
+    """Compile the shipped digits MLP for a target and run it on scikit-learn's digits."""
+    from rramc.samples import sample_path
+
+    console.print(f"[bold]rramc demo[/]: compile the shipped digits MLP for {target}, then run it on the digits test split\n")
+    compile(sample_path("digits_mlp.pt2"), target, output=output, calibration="digits")
+    console.print()
+    run(output, dataset="digits")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

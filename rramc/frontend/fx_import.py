@@ -1,0 +1,445 @@
+"""torch.fx graph → rramc IR.
+
+Both front doors end here: ``torch.fx.symbolic_trace`` of an ``nn.Module`` (modules, torch
+functions and tensor methods) and the ATen graph inside a ``torch.export`` archive. A conversion
+table keyed by the fx target drives the import. Before converting anything the whole graph is
+scanned, so a user sees every unsupported op in one message, each with the layer it came from.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.fx.passes.shape_prop import ShapeProp
+
+from rramc.errors import FrontendError
+from rramc.ir import (
+    Add, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Clamp, Conv2d, Graph, Input, Linear, MaxPool2d, Output, ReLU,
+    Reshape,
+)
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class Value:
+    """An activation: the name of the IR node that computes it."""
+
+    name: str
+
+
+class Unsupported(Exception):
+    """Raised by a converter: this call cannot be imported, and why."""
+
+
+SUPPORTED_SUMMARY = (
+    "Linear, Conv2d (groups=1, zero padding), ReLU, clipped ReLU (Hardtanh, ReLU6, clamp), max and average "
+    "pooling, adaptive average pooling to a divisor of the input, flatten/view/reshape, BatchNorm (eval mode), "
+    "residual add of two activations, Dropout/Identity (removed)"
+)
+
+
+class Importer:
+    """Converts one traced ``GraphModule`` (with shapes propagated) into a :class:`Graph`."""
+
+    def __init__(self, gm: torch.fx.GraphModule, source: str) -> None:
+        self.gm, self.source = gm, source
+        self.graph = Graph()
+        self.env: dict[torch.fx.Node, Any] = {}
+
+    # --- helpers used by converters ------------------------------------------------------------
+
+    def layer_of(self, node: torch.fx.Node) -> tuple[str, str]:
+        """(layer path, module type) of the PyTorch code a node came from."""
+        if node.op == "call_module":
+            return str(node.target), type(self.gm.get_submodule(str(node.target))).__name__
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            path, kind = list(stack.values())[-1]
+            if path:
+                kind = kind if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+                return str(path), kind.rsplit(".", 1)[-1]
+        return node.name, "function"
+
+    def shape(self, node: torch.fx.Node) -> tuple[int, ...]:
+        meta = node.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape"):
+            raise Unsupported("its output is not a single tensor")
+        return tuple(int(s) for s in meta.shape[1:])
+
+    def activation(self, value: Any, what: str = "input") -> Value:
+        if not isinstance(value, Value):
+            raise Unsupported(f"its {what} is a constant, not an activation computed from the network's input")
+        return value
+
+    def tensor(self, value: Any, what: str) -> Tensor | None:
+        if value is None or isinstance(value, Tensor):
+            return None if value is None else value.detach().clone().float()
+        raise Unsupported(f"its {what} is computed at run time; rramc needs it as a parameter")
+
+    def emit(self, node: torch.fx.Node, op: Any, inputs: list[Value]) -> Value:
+        path, kind = self.layer_of(node)
+        name = path if node.op == "call_module" or isinstance(op, (Linear, Conv2d, BatchNorm)) else node.name
+        added = self.graph.add(name, op, [v.name for v in inputs], shape=self.shape(node),
+                               meta={"source": path, "module_type": kind})
+        return Value(added.name)
+
+    # --- driving -------------------------------------------------------------------------------
+
+    def converter(self, node: torch.fx.Node) -> Callable[..., Any] | None:
+        if node.op == "call_module":
+            return MODULE_CONVERTERS.get(type(self.gm.get_submodule(str(node.target))))
+        if node.op == "call_function":
+            return FUNCTION_CONVERTERS.get(node.target)
+        if node.op == "call_method":
+            return METHOD_CONVERTERS.get(str(node.target))
+        return None
+
+    def scan(self) -> None:
+        """Report every op that has no converter, all at once."""
+        problems = []
+        for node in self.gm.graph.nodes:
+            if node.op in ("call_module", "call_function", "call_method") and self.converter(node) is None:
+                if node.op == "call_module" and str(node.target) == "_guards_fn":
+                    continue
+                path, kind = self.layer_of(node)
+                what = kind if node.op == "call_module" else _target_name(node)
+                problems.append(f"  - {what} at layer '{path}' (fx node {node.name})")
+        outputs = [n for n in self.gm.graph.nodes if n.op == "output"]
+        if outputs and len(torch.fx.node.map_arg(outputs[0].args, lambda n: n) and _flat_outputs(outputs[0])) != 1:
+            problems.append("  - the network returns several values; rramc needs one output tensor")
+        if problems:
+            raise FrontendError(
+                f"{self.source}: {len(problems)} unsupported operation(s):\n" + "\n".join(problems)
+                + f"\nrramc supports: {SUPPORTED_SUMMARY}."
+            )
+
+    def run(self) -> Graph:
+        self.scan()
+        problems = []
+        for node in self.gm.graph.nodes:
+            try:
+                self.env[node] = self.convert(node)
+            except Unsupported as exc:
+                path, kind = self.layer_of(node)
+                what = kind if node.op == "call_module" else _target_name(node)
+                problems.append(f"  - {what} at layer '{path}': {exc}")
+                self.env[node] = None
+        if problems:
+            raise FrontendError(f"{self.source}: {len(problems)} operation(s) cannot be imported:\n" + "\n".join(problems))
+        self.graph.remove_dead()
+        return self.graph
+
+    def convert(self, node: torch.fx.Node) -> Any:
+        if node.op == "placeholder":
+            shape = self.shape(node)
+            return Value(self.graph.add(node.name, Input(), shape=shape, meta={"source": node.name}).name)
+        if node.op == "get_attr":
+            return functools.reduce(getattr, str(node.target).split("."), self.gm)
+        if node.op == "output":
+            (result,) = _flat_outputs(node)
+            value = self.activation(self.env[result], "result")
+            self.graph.add("output", Output(), [value.name], meta={"source": "output"})
+            return None
+        if any(self.env.get(a, 0) is None for a in node.all_input_nodes):
+            raise Unsupported("it depends on an operation that could not be imported")
+        args = torch.fx.node.map_arg(node.args, lambda n: self.env[n])
+        kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: self.env[n])
+        if node.op == "call_module" and str(node.target) == "_guards_fn":
+            return None
+        convert = self.converter(node)
+        assert convert is not None
+        if node.op == "call_module":
+            return convert(self, node, self.gm.get_submodule(str(node.target)), *args, **kwargs)
+        return convert(self, node, *args, **kwargs)
+
+
+def _flat_outputs(node: torch.fx.Node) -> list[torch.fx.Node]:
+    result = node.args[0]
+    while isinstance(result, (tuple, list)) and len(result) == 1:
+        result = result[0]
+    return list(result) if isinstance(result, (tuple, list)) else [result]
+
+
+def _target_name(node: torch.fx.Node) -> str:
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    target = node.target
+    return str(target) if isinstance(target, torch._ops.OpOverload) else getattr(target, "__name__", str(target))
+
+
+def _bind(names: list[str], defaults: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Name positional and keyword arguments the same way for ATen schemas and torch functions."""
+    bound = dict(defaults)
+    bound.update(zip(names, args))
+    for key, value in kwargs.items():
+        bound["input" if key == "self" else key] = value
+    return bound
+
+
+def _ints(value: Any, n: int = 2) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(int(v) for v in value)
+    return value * n if len(value) == 1 else value
+
+
+# --- converters ------------------------------------------------------------------------------
+# Each takes (importer, fx node, *args) with fx nodes already replaced by Values, tensors or
+# constants, and returns the Value of the result.
+
+def _linear(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: Any = None) -> Value:
+    x = imp.activation(input)
+    return imp.emit(node, Linear(weight=imp.tensor(weight, "weight"), bias=imp.tensor(bias, "bias")), [x])
+
+
+def _conv2d(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: Any = None, stride: Any = 1,
+            padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Value:
+    x = imp.activation(input)
+    w = imp.tensor(weight, "weight")
+    assert w is not None
+    if groups != 1:
+        raise Unsupported(f"grouped convolution (groups={groups}) is not supported")
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = 0
+        elif all(s == 1 for s in _ints(stride)) and all(d * (k - 1) % 2 == 0 for d, k in zip(_ints(dilation), w.shape[2:])):
+            padding = tuple(d * (k - 1) // 2 for d, k in zip(_ints(dilation), w.shape[2:]))
+        else:
+            raise Unsupported("padding='same' that is not symmetric is not supported")
+    op = Conv2d(weight=w, bias=imp.tensor(bias, "bias"), stride=_ints(stride), padding=_ints(padding), dilation=_ints(dilation))
+    return imp.emit(node, op, [x])
+
+
+def _batch_norm(imp: Importer, node: torch.fx.Node, x: Any, mean: Any, var: Any, weight: Any, bias: Any, eps: float) -> Value:
+    op = BatchNorm(mean=imp.tensor(mean, "running mean"), var=imp.tensor(var, "running variance"),
+                   weight=imp.tensor(weight, "weight"), bias=imp.tensor(bias, "bias"), eps=float(eps))
+    if op.mean is None or op.var is None:
+        raise Unsupported("BatchNorm without running statistics (track_running_stats=False) cannot be folded")
+    return imp.emit(node, op, [imp.activation(x)])
+
+
+def _aten_batch_norm(imp: Importer, node: torch.fx.Node, *args: Any, **kwargs: Any) -> Value:
+    a = _bind(["input", "weight", "bias", "running_mean", "running_var", "training", "momentum", "eps"], {}, args, kwargs)
+    if a.get("training"):
+        raise Unsupported("BatchNorm in training mode; call model.eval() before exporting")
+    return _batch_norm(imp, node, a["input"], a["running_mean"], a["running_var"], a["weight"], a["bias"], a["eps"])
+
+
+def _aten_bn_no_training(imp: Importer, node: torch.fx.Node, *args: Any, **kwargs: Any) -> tuple[Value]:
+    a = _bind(["input", "weight", "bias", "running_mean", "running_var", "momentum", "eps"], {}, args, kwargs)
+    return (_batch_norm(imp, node, a["input"], a["running_mean"], a["running_var"], a["weight"], a["bias"], a["eps"]),)
+
+
+def _bn_module(imp: Importer, node: torch.fx.Node, m: nn.modules.batchnorm._BatchNorm, x: Any) -> Value:
+    if m.training:
+        raise Unsupported("BatchNorm in training mode; call model.eval() first")
+    return _batch_norm(imp, node, x, m.running_mean, m.running_var, m.weight, m.bias, m.eps)
+
+
+def _relu(imp: Importer, node: torch.fx.Node, x: Any, *rest: Any, **kw: Any) -> Value:
+    return imp.emit(node, ReLU(), [imp.activation(x)])
+
+
+def _clamp_op(imp: Importer, node: torch.fx.Node, x: Any, low: Any, high: Any) -> Value:
+    for bound in (low, high):
+        if bound is not None and not isinstance(bound, (int, float)):
+            raise Unsupported("clamp bounds must be numbers, not tensors")
+    return imp.emit(node, Clamp(low=None if low is None else float(low), high=None if high is None else float(high)), [imp.activation(x)])
+
+
+def _clamp(imp: Importer, node: torch.fx.Node, *args: Any, **kwargs: Any) -> Value:
+    a = _bind(["input", "min", "max"], {"min": None, "max": None}, args, kwargs)
+    return _clamp_op(imp, node, a["input"], a["min"], a["max"])
+
+
+def _clamp_min(imp: Importer, node: torch.fx.Node, x: Any, low: Any) -> Value:
+    return _clamp_op(imp, node, x, low, None)
+
+
+def _clamp_max(imp: Importer, node: torch.fx.Node, x: Any, high: Any) -> Value:
+    return _clamp_op(imp, node, x, None, high)
+
+
+def _hardtanh(imp: Importer, node: torch.fx.Node, *args: Any, **kwargs: Any) -> Value:
+    a = _bind(["input", "min_val", "max_val"], {"min_val": -1.0, "max_val": 1.0}, args, kwargs)
+    return _clamp_op(imp, node, a["input"], a["min_val"], a["max_val"])
+
+
+def _relu6(imp: Importer, node: torch.fx.Node, x: Any, *rest: Any, **kw: Any) -> Value:
+    return _clamp_op(imp, node, x, 0.0, 6.0)
+
+
+def _max_pool(imp: Importer, node: torch.fx.Node, *args: Any, **kwargs: Any) -> Any:
+    a = _bind(["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"],
+              {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False}, args, kwargs)
+    if a["return_indices"]:
+        raise Unsupported("max pooling that returns indices is not supported")
+    kernel = _ints(a["kernel_size"])
+    op = MaxPool2d(kernel_size=kernel, stride=_ints(a["stride"]) if a["stride"] else kernel, padding=_ints(a["padding"]),
+                   dilation=_ints(a["dilation"]), ceil_mode=bool(a["ceil_mode"]))
+    value = imp.emit(node, op, [imp.activation(a["input"])])
+    return (value,) if node.target == aten.max_pool2d_with_indices.default else value
+
+
+def _avg_pool(imp: Importer, node: torch.fx.Node, *args: Any, **kwargs: Any) -> Value:
+    a = _bind(["input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"],
+              {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True, "divisor_override": None}, args, kwargs)
+    if a["divisor_override"] is not None:
+        raise Unsupported("average pooling with divisor_override is not supported")
+    kernel = _ints(a["kernel_size"])
+    op = AvgPool2d(kernel_size=kernel, stride=_ints(a["stride"]) if a["stride"] else kernel, padding=_ints(a["padding"]),
+                   ceil_mode=bool(a["ceil_mode"]), count_include_pad=bool(a["count_include_pad"]))
+    return imp.emit(node, op, [imp.activation(a["input"])])
+
+
+def _pool_module(imp: Importer, node: torch.fx.Node, m: nn.Module, x: Any) -> Value:
+    if isinstance(m, nn.MaxPool2d):
+        return _max_pool(imp, node, x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, m.return_indices)
+    assert isinstance(m, nn.AvgPool2d)
+    return _avg_pool(imp, node, x, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad, m.divisor_override)
+
+
+def _adaptive_avg_pool(imp: Importer, node: torch.fx.Node, x: Any, output_size: Any) -> Value:
+    shape = imp.shape(node)
+    return imp.emit(node, AdaptiveAvgPool2d(output_size=(shape[1], shape[2])), [imp.activation(x)])
+
+
+def _reshape(imp: Importer, node: torch.fx.Node, x: Any, *rest: Any, **kwargs: Any) -> Value:
+    # The per-sample shape comes from shape propagation, which already resolved -1 and x.size(0).
+    value = imp.activation(x)
+    if imp.graph.node(value.name).shape == imp.shape(node):
+        return value
+    return imp.emit(node, Reshape(shape=imp.shape(node)), [value])
+
+
+def _add(imp: Importer, node: torch.fx.Node, *args: Any, **kwargs: Any) -> Value:
+    a = _bind(["input", "other", "alpha"], {"alpha": 1}, args, kwargs)
+    if not isinstance(a["input"], Value) or not isinstance(a["other"], Value):
+        raise Unsupported("only the sum of two activations (a residual connection) is supported, not adding a constant")
+    if a["alpha"] != 1:
+        raise Unsupported(f"add with alpha={a['alpha']} is not supported")
+    x, y = a["input"], a["other"]
+    if imp.graph.node(x.name).shape != imp.graph.node(y.name).shape:
+        raise Unsupported("the two operands have different shapes (broadcasting add is not supported)")
+    return imp.emit(node, Add(), [x, y])
+
+
+def _identity(imp: Importer, node: torch.fx.Node, x: Any, *rest: Any, **kwargs: Any) -> Any:
+    return x
+
+
+def _getitem(imp: Importer, node: torch.fx.Node, container: Any, index: Any) -> Any:
+    if isinstance(container, tuple) and index == 0:
+        return container[0]
+    if isinstance(container, (torch.Size, tuple, list)):
+        return container[index]
+    raise Unsupported("indexing into an activation is not supported")
+
+
+def _size(imp: Importer, node: torch.fx.Node, x: Any, *dim: Any) -> Any:
+    shape = (1, *imp.graph.node(imp.activation(x).name).shape)
+    return shape[dim[0]] if dim else torch.Size(shape)
+
+
+def _module_linear(imp: Importer, node: torch.fx.Node, m: nn.Linear, x: Any) -> Value:
+    return _linear(imp, node, x, m.weight, m.bias)
+
+
+def _module_conv(imp: Importer, node: torch.fx.Node, m: nn.Conv2d, x: Any) -> Value:
+    if m.padding_mode != "zeros":
+        raise Unsupported(f"padding_mode='{m.padding_mode}' is not supported (only zero padding)")
+    return _conv2d(imp, node, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+def _module_hardtanh(imp: Importer, node: torch.fx.Node, m: nn.Hardtanh, x: Any) -> Value:
+    return _clamp_op(imp, node, x, m.min_val, m.max_val)
+
+
+MODULE_CONVERTERS: dict[type, Callable[..., Any]] = {
+    nn.Linear: _module_linear,
+    nn.Conv2d: _module_conv,
+    nn.BatchNorm1d: _bn_module,
+    nn.BatchNorm2d: _bn_module,
+    nn.ReLU: lambda imp, node, m, x: _relu(imp, node, x),
+    nn.ReLU6: lambda imp, node, m, x: _relu6(imp, node, x),
+    nn.Hardtanh: _module_hardtanh,
+    nn.MaxPool2d: _pool_module,
+    nn.AvgPool2d: _pool_module,
+    nn.AdaptiveAvgPool2d: lambda imp, node, m, x: _adaptive_avg_pool(imp, node, x, m.output_size),
+    nn.Flatten: lambda imp, node, m, x: _reshape(imp, node, x),
+    nn.Identity: lambda imp, node, m, x: _identity(imp, node, x),
+    nn.Dropout: lambda imp, node, m, x: _identity(imp, node, x),
+}
+
+FUNCTION_CONVERTERS: dict[Any, Callable[..., Any]] = {
+    F.linear: _linear, aten.linear.default: _linear,
+    F.conv2d: _conv2d, torch.conv2d: _conv2d, aten.conv2d.default: _conv2d,
+    aten.batch_norm.default: _aten_batch_norm,
+    aten._native_batch_norm_legit_no_training.default: _aten_bn_no_training,
+    F.relu: _relu, torch.relu: _relu, aten.relu.default: _relu, aten.relu_.default: _relu,
+    F.relu6: _relu6, aten.relu6.default: _relu6,
+    F.hardtanh: _hardtanh, aten.hardtanh.default: _hardtanh, aten.hardtanh_.default: _hardtanh,
+    torch.clamp: _clamp, torch.clip: _clamp, aten.clamp.default: _clamp, aten.clip.default: _clamp,
+    aten.clamp_min.default: _clamp_min, aten.clamp_max.default: _clamp_max,
+    F.max_pool2d: _max_pool, aten.max_pool2d.default: _max_pool, aten.max_pool2d_with_indices.default: _max_pool,
+    F.avg_pool2d: _avg_pool, aten.avg_pool2d.default: _avg_pool,
+    F.adaptive_avg_pool2d: lambda imp, node, x, size: _adaptive_avg_pool(imp, node, x, size),
+    aten.adaptive_avg_pool2d.default: lambda imp, node, x, size: _adaptive_avg_pool(imp, node, x, size),
+    torch.flatten: _reshape, torch.reshape: _reshape, aten.flatten.using_ints: _reshape, aten.view.default: _reshape,
+    aten.reshape.default: _reshape, aten._unsafe_view.default: _reshape,
+    operator.add: _add, operator.iadd: _add, torch.add: _add, aten.add.Tensor: _add, aten.add_.Tensor: _add,
+    F.dropout: _identity, aten.dropout.default: _identity, aten.alias.default: _identity,
+    aten.detach.default: _identity, aten.clone.default: _identity, aten.contiguous.default: _identity,
+    operator.getitem: _getitem,
+}
+
+METHOD_CONVERTERS: dict[str, Callable[..., Any]] = {
+    "relu": _relu, "relu_": _relu, "clamp": _clamp, "clip": _clamp, "clamp_min": _clamp_min, "clamp_max": _clamp_max,
+    "view": _reshape, "reshape": _reshape, "flatten": _reshape, "add": _add, "add_": _add, "size": _size,
+    "contiguous": _identity, "detach": _identity, "clone": _identity,
+}
+
+
+def import_graph_module(gm: torch.fx.GraphModule, example_inputs: tuple[Tensor, ...], source: str) -> Graph:
+    """Propagate shapes through ``gm`` with ``example_inputs`` and convert it to a verified IR graph."""
+    try:
+        ShapeProp(gm).propagate(*example_inputs)
+    except Exception as exc:  # the user's own model code failed on the example input
+        raise FrontendError(f"{source}: running the model on an example input of shape "
+                            f"{[list(x.shape) for x in example_inputs]} failed: {type(exc).__name__}: {exc}") from None
+    graph = Importer(gm, source).run()
+    graph.verify(after_pass="import")
+    return graph
+
+
+def import_module(model: nn.Module, example_input: Tensor, source: str = "model") -> Graph:
+    """Trace an ``nn.Module`` with ``torch.fx.symbolic_trace`` and import it."""
+    model = model.eval()
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as exc:
+        raise FrontendError(
+            f"{source}: torch.fx cannot trace the model ({type(exc).__name__}: {exc}); data-dependent Python control "
+            "flow is the usual cause. Export it with torch.export and compile the .pt2 instead."
+        ) from None
+    return import_graph_module(gm, (example_input,), source)
+
+
+def import_exported(program: torch.export.ExportedProgram, source: str = "exported program") -> Graph:
+    """Import the ATen graph of a ``torch.export`` program, using its own example inputs for shapes."""
+    if program.example_inputs is None:
+        raise FrontendError(f"{source}: the exported program carries no example inputs to propagate shapes with")
+    args, kwargs = program.example_inputs
+    if kwargs or len(args) != 1:
+        raise FrontendError(f"{source}: rramc compiles networks with exactly one positional input, this one takes {len(args)} (+{len(kwargs)} keyword)")
+    return import_graph_module(program.module(), tuple(args), source)

@@ -1,0 +1,189 @@
+"""Loading a trained network from disk: torch.export archives, state dicts, trusted pickles.
+
+The safe formats come first. A ``.pt2`` archive (``torch.export``) holds the graph and weights
+without code; a ``state_dict`` holds tensors only and needs the user's code to build the module.
+A whole pickled ``nn.Module`` runs arbitrary code when loaded, so it is refused unless the user
+says ``trust_pickle``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import pickle
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from rramc.errors import FrontendError
+from rramc.frontend.fx_import import import_exported, import_module
+from rramc.ir import Graph
+
+METADATA_FILE = "rramc.json"
+"""Extra file inside a ``.pt2`` with rramc's facts about the model (e.g. its data set)."""
+
+RESAVE_HINT = (
+    "Re-save it in a safe format from the code that built it: "
+    "torch.export.save(torch.export.export(model.eval(), (example_input,)), 'model.pt2'), "
+    "or torch.save(model.state_dict(), 'model.pt') and compile with --model module:factory."
+)
+
+
+@dataclass
+class LoadedModel:
+    """An imported network and what its file said about it."""
+
+    graph: Graph
+    source: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def save_exported(model: nn.Module, example_input: torch.Tensor, path: str | Path, **metadata: Any) -> None:
+    """Export ``model`` with ``torch.export`` to ``path`` with rramc metadata (``dataset=...``)."""
+    program = torch.export.export(model.eval(), (example_input,))
+    torch.export.save(program, str(path), extra_files={METADATA_FILE: json.dumps(metadata)})
+
+
+def load_factory(spec: str) -> Any:
+    """Resolve ``module:function`` or ``path/to/file.py:function`` to the callable it names."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise FrontendError(f"--model '{spec}': expected module:function or path/to/file.py:function")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise FrontendError(f"--model '{spec}': file {path} does not exist")
+            loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+            assert loader_spec is not None and loader_spec.loader is not None
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path:
+                sys.path.insert(0, "")  # the user's working directory, like `python -m`
+            module = importlib.import_module(module_name)
+    except FrontendError:
+        raise
+    except Exception as exc:
+        raise FrontendError(f"--model '{spec}': cannot import {module_name}: {type(exc).__name__}: {exc}") from None
+    if not hasattr(module, attr):
+        raise FrontendError(f"--model '{spec}': {module_name} has no attribute '{attr}'")
+    return getattr(module, attr)
+
+
+def _state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    return None
+
+
+def load_model(
+    path: str | Path,
+    *,
+    factory: str | None = None,
+    trust_pickle: bool = False,
+    input_shape: tuple[int, ...] | None = None,
+) -> LoadedModel:
+    """Load and import the network in ``path``.
+
+    ``input_shape`` (per sample) is needed for state dicts and pickled modules, whose files do not
+    record what the network takes; a ``.pt2`` carries its own example input.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise FrontendError(f"model file {path} does not exist")
+    if path.is_dir():
+        raise FrontendError(f"model path {path} is a directory, expected a .pt2 archive or a state_dict file")
+    if _is_export_archive(path):
+        return _load_exported(path)
+    if path.suffix == ".pt2":
+        raise FrontendError(f"{path} is not a torch.export archive (.pt2); it may be truncated or of another format")
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        needs_trust = False
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
+            raise FrontendError(f"{path} is not a PyTorch model file: {exc}") from None
+        obj, needs_trust = None, True
+    except Exception as exc:
+        raise FrontendError(f"{path} is not a PyTorch model file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+    if needs_trust:
+        if not trust_pickle:
+            raise FrontendError(
+                f"{path} is a pickled Python object (a whole nn.Module saved with torch.save(model)). "
+                "Loading it runs code stored in the file, so rramc refuses it by default. If you trust the file, "
+                f"pass --trust-pickle (Python: trust_pickle=True). {RESAVE_HINT}"
+            )
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise FrontendError(f"{path}: loading the pickled model failed: {type(exc).__name__}: {exc}") from None
+        if not isinstance(obj, nn.Module):
+            raise FrontendError(f"{path} holds a {type(obj).__name__}, not an nn.Module")
+        return LoadedModel(import_module(obj, _example(input_shape, source), source), source)
+
+    state = _state_dict_of(obj)
+    if state is None:
+        raise FrontendError(f"{path} holds a {type(obj).__name__} that is neither a state_dict nor a model")
+    if factory is None:
+        raise FrontendError(
+            f"{path} is a state_dict: it holds weights but not the network's structure. "
+            "Pass --model module:factory (Python: factory='module:factory') naming a function that builds the nn.Module."
+        )
+    build = load_factory(factory)
+    try:
+        model = build()
+    except Exception as exc:
+        raise FrontendError(f"--model '{factory}': calling it failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise FrontendError(f"--model '{factory}' returned a {type(model).__name__}, not an nn.Module")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise FrontendError(
+            f"{path} does not fit the network built by '{factory}': missing {result.missing_keys[:8]}, "
+            f"unexpected {result.unexpected_keys[:8]}"
+        )
+    return LoadedModel(import_module(model, _example(input_shape, source), source), source)
+
+
+def _example(input_shape: tuple[int, ...] | None, source: str) -> torch.Tensor:
+    if input_shape is None:
+        raise FrontendError(f"{source}: the file does not record the network's input shape; give it (--input-shape, or a data set)")
+    return torch.zeros(2, *input_shape)
+
+
+def _is_export_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("archive_format") or "/models/" in name for name in archive.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def _load_exported(path: Path) -> LoadedModel:
+    extra = {METADATA_FILE: ""}
+    try:
+        program = torch.export.load(str(path), extra_files=extra)
+    except Exception as exc:
+        raise FrontendError(f"{path}: cannot load the torch.export archive: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    try:
+        metadata = json.loads(extra[METADATA_FILE]) if extra[METADATA_FILE] else {}
+    except json.JSONDecodeError:
+        metadata = {}
+    return LoadedModel(import_exported(program, str(path)), str(path), metadata)

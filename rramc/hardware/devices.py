@@ -1,0 +1,325 @@
+"""Device I-V models: the current ``I = f(V, G)`` of a cell in conductance state ``G`` read at ``V``.
+
+Every model is vectorised, broadcasting and differentiable torch code: the runtime, the
+calibration and the ``reconstruct`` pass all evaluate cells through :meth:`DeviceModel.current`.
+A model is *separable* when ``f(V, G) = G·g(V)``; then a crossbar column's current is one matmul
+of ``g(V)`` with the conductances, and :meth:`DeviceModel.unit_current` gives ``g``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from rramc.errors import TargetError
+from rramc.hardware.config import Location, build, spec_field, to_mapping
+from rramc.registry import Registry
+
+
+@dataclass(frozen=True)
+class DeviceContext:
+    """What a device spec may default to from the rest of its target."""
+
+    read_voltage: float
+    g_min: float
+    g_max: float
+    directory: Path | None = None
+
+
+class DeviceModel(ABC):
+    """Base of the I-V models. Subclasses are frozen dataclasses of their YAML fields."""
+
+    model: ClassVar[str]
+    separable: ClassVar[bool]
+
+    @abstractmethod
+    def current(self, v: Tensor, g: Tensor | float) -> Tensor:
+        """Cell current [A] for voltages ``v`` [V] and conductances ``g`` [S], elementwise."""
+
+    def unit_current(self, v: Tensor) -> Tensor:
+        """``g(V)`` of a separable model: the current of a 1 S cell."""
+        if not self.separable:
+            raise TypeError(f"device model '{self.model}' is not separable: its current is not G·g(V)")
+        return self.current(v, 1.0)
+
+    def non_differentiable_field(self) -> str | None:
+        """The field that makes this device unusable for gradient training, if any."""
+        return None
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], where: Location, ctx: DeviceContext) -> DeviceModel:
+        return build(cls, data, where)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """A self-contained YAML mapping of this device (``model`` first)."""
+        return {"model": self.model, **{k: v for k, v in to_mapping(self).items() if v is not None}}
+
+
+def sinh_b_from_k(k: float, voltage: float) -> float:
+    """``B`` [1/V] of ``I ∝ sinh(B·V)`` whose half-bias nonlinearity ``I(V)/I(V/2)`` is ``k``.
+
+    ``I(V)/I(V/2) = sinh(BV)/sinh(BV/2) = 2·cosh(BV/2)``, so ``B = 2·acosh(k/2)/V``; ``k = 2`` is linear.
+    """
+    return 2.0 * math.acosh(k / 2.0) / voltage
+
+
+def v_sinhc(v: Tensor, b: Tensor | float) -> Tensor:
+    """``sinh(b·v)/b``, equal to ``v`` at ``b = 0`` and smooth (with gradients) through it."""
+    z = v * b
+    small = z.abs() < 1e-4
+    safe_z = torch.where(small, torch.ones_like(z), z)
+    sinhc = torch.where(small, 1.0 + z * z / 6.0, torch.sinh(safe_z) / safe_z)
+    return v * sinhc
+
+
+@dataclass(frozen=True)
+class LinearDevice(DeviceModel):
+    """``I = G·V``: the ideal Ohmic cell, for validation."""
+
+    model: ClassVar[str] = "linear"
+    separable: ClassVar[bool] = True
+
+    def current(self, v: Tensor, g: Tensor | float) -> Tensor:
+        return v * g
+
+
+@dataclass(frozen=True)
+class SinhDevice(DeviceModel):
+    """``I = G·sinh(B·V)/B``: the nonlinear (selector-like) cell of Kim et al.
+
+    Give either ``b`` or the half-bias nonlinearity ``nonlinearity_k = I(Vk)/I(Vk/2)`` at
+    ``k_voltage`` (which defaults to the target's read voltage).
+    """
+
+    model: ClassVar[str] = "sinh"
+    separable: ClassVar[bool] = True
+    nonlinearity_k: float | None = spec_field(
+        "half-bias nonlinearity I(Vk)/I(Vk/2); 2 is linear", low=2.0, high=1e4, default=None
+    )
+    k_voltage: float | None = spec_field(
+        "voltage Vk at which nonlinearity_k is defined; default: the read voltage",
+        unit="V", low=0.0, low_open=True, high=100.0, default=None,
+    )
+    b: float | None = spec_field("sinh coefficient B; give this or nonlinearity_k", unit="1/V", low=0.0, high=100.0, default=None)
+
+    def __post_init__(self) -> None:
+        if (self.b is None) == (self.nonlinearity_k is None):
+            raise ValueError("give exactly one of 'b' and 'nonlinearity_k'")
+        if self.b is not None and self.k_voltage is not None:
+            raise ValueError("'k_voltage' only goes with 'nonlinearity_k'")
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], where: Location, ctx: DeviceContext) -> DeviceModel:
+        if "nonlinearity_k" in data and "k_voltage" not in data:
+            data = {**data, "k_voltage": ctx.read_voltage}
+        return build(cls, data, where)
+
+    @property
+    def b_per_volt(self) -> float:
+        if self.b is not None:
+            return self.b
+        assert self.nonlinearity_k is not None and self.k_voltage is not None
+        return sinh_b_from_k(self.nonlinearity_k, self.k_voltage)
+
+    def current(self, v: Tensor, g: Tensor | float) -> Tensor:
+        return g * v_sinhc(v, self.b_per_volt)
+
+
+@dataclass(frozen=True)
+class StateDependentSinhDevice(DeviceModel):
+    """``I = G·sinh(B(G)·V)/B(G)`` with ``B`` interpolated linearly in ``log G`` between two states.
+
+    High-resistance states of filamentary RRAM conduct more through tunnelling/hopping and are
+    more nonlinear than low-resistance ones; so ``nonlinearity_k_hrs`` (at ``g_hrs``) is usually
+    larger than ``nonlinearity_k_lrs`` (at ``g_lrs``). Outside that range ``B`` is held constant.
+    Interpolating in ``log G`` spreads the change over the decades the window spans. The spec is
+    refused if the read current does not rise with ``G`` (a state would then be ambiguous).
+    Not separable: a column's current is not ``g(V)·ΣG``.
+    """
+
+    model: ClassVar[str] = "sinh_state"
+    separable: ClassVar[bool] = False
+    nonlinearity_k_hrs: float = spec_field("half-bias nonlinearity at the high-resistance state g_hrs", low=2.0, high=1e4)
+    nonlinearity_k_lrs: float = spec_field("half-bias nonlinearity at the low-resistance state g_lrs", low=2.0, high=1e4)
+    k_voltage: float = spec_field("voltage at which the nonlinearities are defined; default: the read voltage", unit="V", low=0.0, low_open=True, high=100.0)
+    g_hrs: float = spec_field("conductance of the high-resistance reference state; default: g_min", unit="S", low=0.0, low_open=True, high=1.0)
+    g_lrs: float = spec_field("conductance of the low-resistance reference state; default: g_max", unit="S", low=0.0, high=1.0)
+
+    def __post_init__(self) -> None:
+        if not self.g_lrs > self.g_hrs:
+            raise ValueError(f"g_lrs ({self.g_lrs:g} S) must be above g_hrs ({self.g_hrs:g} S)")
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], where: Location, ctx: DeviceContext) -> DeviceModel:
+        defaults = {"k_voltage": ctx.read_voltage, "g_hrs": max(ctx.g_min, 1e-12), "g_lrs": ctx.g_max}
+        device = build(cls, {**defaults, **data}, where)
+        g = torch.logspace(math.log10(device.g_hrs), math.log10(device.g_lrs), 512, dtype=torch.float64)
+        i = device.current(torch.full_like(g, ctx.read_voltage), g)
+        falling = torch.nonzero(i[1:] <= i[:-1])
+        if len(falling):
+            at = float(g[int(falling[0])])
+            raise where.error(f"the read current must rise with G, but with these nonlinearities it falls above G = {at:.3g} S; "
+                              "bring nonlinearity_k_hrs and nonlinearity_k_lrs closer together")
+        return device
+
+    def b_of(self, g: Tensor) -> Tensor:
+        """``B(G)`` [1/V]."""
+        b_hrs = sinh_b_from_k(self.nonlinearity_k_hrs, self.k_voltage)
+        b_lrs = sinh_b_from_k(self.nonlinearity_k_lrs, self.k_voltage)
+        log_g = torch.log(g.clamp_min(self.g_hrs))
+        t = ((log_g - math.log(self.g_hrs)) / math.log(self.g_lrs / self.g_hrs)).clamp(0.0, 1.0)
+        return b_hrs + t * (b_lrs - b_hrs)
+
+    def current(self, v: Tensor, g: Tensor | float) -> Tensor:
+        g = torch.as_tensor(g, dtype=v.dtype, device=v.device)
+        return g * v_sinhc(v, self.b_of(g))
+
+
+@dataclass(frozen=True)
+class PowerDevice(DeviceModel):
+    """``I = G·Vref·sign(V)·|V/Vref|^a``: a power-law cell (``a = 1`` is linear)."""
+
+    model: ClassVar[str] = "power"
+    separable: ClassVar[bool] = True
+    exponent: float = spec_field("power-law exponent a", low=0.0, low_open=True, high=10.0)
+    v_ref: float = spec_field("voltage at which the cell passes G·Vref; default: the read voltage", unit="V", low=0.0, low_open=True, high=100.0)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], where: Location, ctx: DeviceContext) -> DeviceModel:
+        return build(cls, {"v_ref": ctx.read_voltage, **data}, where)
+
+    def current(self, v: Tensor, g: Tensor | float) -> Tensor:
+        return g * self.v_ref * torch.sign(v) * (v.abs() / self.v_ref) ** self.exponent
+
+    def non_differentiable_field(self) -> str | None:
+        # d/dV |V|^a is unbounded at V = 0 for a < 1: gradients through such cells blow up.
+        return "exponent" if self.exponent < 1.0 else None
+
+
+@dataclass(frozen=True)
+class TableDevice(DeviceModel):
+    """Measured I-V sweeps at several states, interpolated bilinearly in ``V`` and ``G``.
+
+    YAML: ``file:`` a CSV next to the target whose header is ``voltage,<G1>,<G2>,...`` (the
+    states' conductances in S, rising) and whose rows are a voltage [V] and the currents [A] of
+    each state at it. Executables embed the data (``voltages``, ``states``, ``currents``).
+    """
+
+    model: ClassVar[str] = "table"
+    separable: ClassVar[bool] = False
+    voltages: tuple[float, ...] = field(default=())
+    states: tuple[float, ...] = field(default=())
+    currents: tuple[tuple[float, ...], ...] = field(default=())
+    file: str | None = None
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], where: Location, ctx: DeviceContext) -> DeviceModel:
+        data = dict(data)
+        if "file" in data:
+            if set(data) != {"file"}:
+                raise where.error("a table device takes 'file' alone, or 'voltages', 'states' and 'currents'")
+            path = Path(str(data["file"]))
+            if not path.is_absolute() and ctx.directory is not None:
+                path = ctx.directory / path
+            data = _read_iv_csv(path, where.child("file"))
+            file = str(path)
+        else:
+            file = None
+            missing = {"voltages", "states", "currents"} - set(data)
+            if missing or set(data) - {"voltages", "states", "currents"}:
+                raise where.error("a table device takes 'file', or exactly 'voltages', 'states' and 'currents'")
+        try:
+            voltages = tuple(float(v) for v in data["voltages"])
+            states = tuple(float(s) for s in data["states"])
+            currents = tuple(tuple(float(i) for i in row) for row in data["currents"])
+        except (TypeError, ValueError):
+            raise where.error("voltages, states and currents must be numbers") from None
+        _check_table(voltages, states, currents, ctx, where)
+        return cls(voltages=voltages, states=states, currents=currents, file=file)
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {"model": self.model, "voltages": list(self.voltages), "states": list(self.states),
+                "currents": [list(r) for r in self.currents]}
+
+    def current(self, v: Tensor, g: Tensor | float) -> Tensor:
+        g = torch.as_tensor(g, dtype=v.dtype, device=v.device)
+        v, g = torch.broadcast_tensors(v, g)
+        grid_v = torch.tensor(self.voltages, dtype=v.dtype, device=v.device)
+        grid_g = torch.tensor(self.states, dtype=v.dtype, device=v.device)
+        table = torch.tensor(self.currents, dtype=v.dtype, device=v.device)  # [voltages, states]
+        iv, tv = _bracket(grid_v, v)
+        ig, tg = _bracket(grid_g, g)
+        n_states = len(self.states)
+
+        def at(i: Tensor, j: Tensor) -> Tensor:
+            return table.reshape(-1)[i * n_states + j]
+
+        low = at(iv, ig) * (1 - tg) + at(iv, ig + 1) * tg
+        high = at(iv + 1, ig) * (1 - tg) + at(iv + 1, ig + 1) * tg
+        return low * (1 - tv) + high * tv
+
+
+def _bracket(grid: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Index of the grid interval holding ``x`` (clamped to the grid) and the position in it."""
+    x = x.clamp(grid[0], grid[-1])
+    i = (torch.searchsorted(grid, x.detach().contiguous(), right=True) - 1).clamp(0, len(grid) - 2)
+    t = (x - grid[i]) / (grid[i + 1] - grid[i])
+    return i, t
+
+
+def _read_iv_csv(path: Path, where: Location) -> dict[str, Any]:
+    try:
+        with path.open(newline="") as f:
+            rows = [r for r in csv.reader(f) if r and not r[0].lstrip().startswith("#")]
+    except OSError as exc:
+        raise where.error(f"cannot read the I-V table {path}: {exc.strerror}") from None
+    if len(rows) < 3 or len(rows[0]) < 3:
+        raise where.error(f"{path}: expected a header 'voltage,<G1>,<G2>,...' and at least two rows of two or more states")
+    try:
+        states = [float(s) for s in rows[0][1:]]
+        body = [[float(x) for x in r] for r in rows[1:]]
+    except ValueError as exc:
+        raise where.error(f"{path}: not a number: {exc}") from None
+    if any(len(r) != len(rows[0]) for r in body):
+        raise where.error(f"{path}: every row needs {len(rows[0])} values")
+    return {"voltages": [r[0] for r in body], "states": states, "currents": [r[1:] for r in body]}
+
+
+def _check_table(voltages: tuple[float, ...], states: tuple[float, ...], currents: tuple[tuple[float, ...], ...],
+                 ctx: DeviceContext, where: Location) -> None:
+    if len(voltages) < 2 or len(states) < 2:
+        raise where.error("an I-V table needs at least two voltages and two states")
+    if any(b <= a for a, b in zip(voltages, voltages[1:])) or any(b <= a for a, b in zip(states, states[1:])):
+        raise where.error("the table's voltages and states must rise strictly")
+    if len(currents) != len(voltages) or any(len(r) != len(states) for r in currents):
+        raise where.error(f"currents must be a {len(voltages)}×{len(states)} table (voltages × states)")
+    if voltages[0] > 0.0 or voltages[-1] < ctx.read_voltage:
+        raise where.error(f"the table's voltages [{voltages[0]:g}, {voltages[-1]:g}] V must cover 0 to the read voltage {ctx.read_voltage:g} V")
+    if states[0] > ctx.g_min or states[-1] < ctx.g_max:
+        raise where.error(f"the table's states [{states[0]:g}, {states[-1]:g}] S must cover g_min..g_max [{ctx.g_min:g}, {ctx.g_max:g}] S")
+    table = torch.tensor(currents, dtype=torch.float64)
+    at_zero = TableDevice(voltages=voltages, states=states, currents=currents).current(
+        torch.zeros(len(states), dtype=torch.float64), torch.tensor(states, dtype=torch.float64))
+    if bool((at_zero.abs() > 1e-9 * table.abs().max()).any()):
+        raise where.error("every state must carry zero current at 0 V (unselected word lines must not inject current)")
+
+
+DEVICE_MODELS: Registry[type[DeviceModel]] = Registry(
+    what="device model",
+    group="rramc.device_models",
+    builtins={
+        "linear": "rramc.hardware.devices:LinearDevice",
+        "sinh": "rramc.hardware.devices:SinhDevice",
+        "sinh_state": "rramc.hardware.devices:StateDependentSinhDevice",
+        "power": "rramc.hardware.devices:PowerDevice",
+        "table": "rramc.hardware.devices:TableDevice",
+    },
+    error=TargetError,
+)

@@ -1,0 +1,225 @@
+"""Targets: a chip's devices, arrays and converters, loaded from a validated YAML spec.
+
+A target file has four sections (see ``targets/rram_a.yaml``)::
+
+    name: rram_a
+    device:        {model: sinh, nonlinearity_k: 7.5}     # the cell's I-V (see devices.py)
+    conductance:   {g_min: 2.0e-6, g_max: 1.0e-4, levels: 32}
+    crossbar:      {rows: 128, cols: 128, weight_encoding: differential, read_voltage: 1.0,
+                    dac_bits: 8, adc_bits: 8}
+    nonidealities: {programming_sigma: 0.0, read_noise_sigma: 0.0, ...}   # optional, all 0
+
+Builtin targets (``ideal``, ``rram_a``, ``rram_b``) ship in the ``rramc.targets`` package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rramc.errors import TargetError
+from rramc.hardware.config import Location, build, spec_field, to_mapping
+from rramc.hardware.devices import DEVICE_MODELS, DeviceContext, DeviceModel
+
+
+@dataclass(frozen=True)
+class ConductanceSpec:
+    """The programmable conductance window of one cell."""
+
+    g_min: float = spec_field("lowest programmable conductance (high-resistance state)", unit="S", low=0.0, high=1.0)
+    g_max: float = spec_field("highest programmable conductance (low-resistance state)", unit="S", low=0.0, low_open=True, high=1.0)
+    levels: int | None = spec_field("programmable levels per cell, evenly spaced in G; null: continuous", low=2, high=65536, default=None)
+
+    def __post_init__(self) -> None:
+        if not self.g_max > self.g_min:
+            raise ValueError(f"g_max ({self.g_max:g} S) must be above g_min ({self.g_min:g} S)")
+
+
+@dataclass(frozen=True)
+class CrossbarSpec:
+    """One array and its periphery."""
+
+    rows: int = spec_field("word lines (inputs) per array", low=1, high=65536)
+    cols: int = spec_field("bit lines per array; a differential pair uses two", low=2, high=65536)
+    read_voltage: float = spec_field("word-line voltage of a full-scale input (x = 1)", unit="V", low=0.0, low_open=True, high=10.0)
+    weight_encoding: str = spec_field(
+        "signed weights as a differential column pair (G+ - G-) or against one reference column per array at (g_min+g_max)/2",
+        choices=("differential", "offset"), default="differential",
+    )
+    dac_bits: int | None = spec_field("input DAC resolution; null: ideal (no quantisation, no clipping)", low=1, high=16, default=None)
+    adc_bits: int | None = spec_field("signed ADC resolution per tile output; null: ideal", low=2, high=16, default=None)
+
+    @property
+    def outputs_per_array(self) -> int:
+        """Weight columns one array holds after the encoding's extra columns."""
+        return self.cols // 2 if self.weight_encoding == "differential" else self.cols - 1
+
+
+@dataclass(frozen=True)
+class NonidealitySpec:
+    """Non-idealities, each off (0) unless the target sets it."""
+
+    programming_sigma: float = spec_field("std of the programmed conductance, as a fraction of g_max - g_min", low=0.0, high=1.0, default=0.0)
+    read_noise_sigma: float = spec_field("std of each cell's read current, relative to it", low=0.0, high=1.0, default=0.0)
+    stuck_off_fraction: float = spec_field("fraction of cells stuck at g_min", low=0.0, high=1.0, default=0.0)
+    stuck_on_fraction: float = spec_field("fraction of cells stuck at g_max", low=0.0, high=1.0, default=0.0)
+
+    def __post_init__(self) -> None:
+        if self.stuck_off_fraction + self.stuck_on_fraction > 1.0:
+            raise ValueError("stuck_off_fraction + stuck_on_fraction must not exceed 1")
+
+    @property
+    def any(self) -> bool:
+        return any(v > 0 for v in to_mapping(self).values())
+
+
+@dataclass(frozen=True)
+class Target:
+    """A validated chip description. Build it with :func:`load_target` or :meth:`from_mapping`."""
+
+    name: str
+    device: DeviceModel
+    conductance: ConductanceSpec
+    crossbar: CrossbarSpec
+    nonidealities: NonidealitySpec
+    description: str = ""
+    source: str = "<memory>"
+
+    @classmethod
+    def from_mapping(cls, data: Any, source: str = "<memory>", directory: Path | None = None) -> Target:
+        """Validate a parsed YAML mapping; errors name ``source`` and the field."""
+        top = Location(source)
+        if not isinstance(data, dict):
+            raise top.error(f"expected a mapping with sections name, device, conductance, crossbar; got {type(data).__name__}")
+        allowed = {"name", "description", "device", "conductance", "crossbar", "nonidealities"}
+        unknown = sorted(set(map(str, data)) - allowed)
+        if unknown:
+            raise top.error(f"unknown section(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        for section in ("name", "device", "conductance", "crossbar"):
+            if section not in data:
+                raise top.child(section).error("missing")
+        name = data["name"]
+        if not isinstance(name, str) or not name:
+            raise top.child("name").error(f"got {name!r}; expected a non-empty string")
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise top.child("description").error("expected a string")
+        conductance = build(ConductanceSpec, data["conductance"], top.child("conductance"))
+        crossbar = build(CrossbarSpec, data["crossbar"], top.child("crossbar"))
+        nonidealities = build(NonidealitySpec, data.get("nonidealities") or {}, top.child("nonidealities"))
+        ctx = DeviceContext(crossbar.read_voltage, conductance.g_min, conductance.g_max, directory)
+        device = _build_device(data["device"], top.child("device"), ctx)
+        return cls(name, device, conductance, crossbar, nonidealities, description, source)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """A self-contained mapping that :meth:`from_mapping` turns back into an equal target."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "device": self.device.to_mapping(),
+            "conductance": to_mapping(self.conductance),
+            "crossbar": to_mapping(self.crossbar),
+            "nonidealities": to_mapping(self.nonidealities),
+        }
+
+    def with_changes(self, **sections: dict[str, Any]) -> Target:
+        """A new, re-validated target with fields of some sections changed.
+
+        ``target.with_changes(crossbar={"adc_bits": 6}, device={"nonlinearity_k": 20})``; a
+        ``device`` change with a ``model`` key replaces the device spec instead of merging.
+        """
+        data = self.to_mapping()
+        for section, changes in sections.items():
+            if section == "device" and "model" in changes:
+                data[section] = dict(changes)
+            elif section == "device":
+                data[section] = _merge_device(data[section], changes)
+            else:
+                data[section] = {**data[section], **changes}
+        return Target.from_mapping(data, f"{self.source} (modified)")
+
+    def describe(self) -> str:
+        c, x = self.conductance, self.crossbar
+        levels = f"{c.levels} levels" if c.levels else "continuous"
+        dac = f"{x.dac_bits}-bit DAC" if x.dac_bits else "ideal DAC"
+        adc = f"{x.adc_bits}-bit ADC" if x.adc_bits else "ideal ADC"
+        device = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.device.to_mapping().items()
+                           if not isinstance(v, list))
+        return (f"{self.name}: {device}; G {c.g_min * 1e6:g}-{c.g_max * 1e6:g} µS ({levels}); "
+                f"{x.rows}×{x.cols} arrays ({x.weight_encoding}); Vread {x.read_voltage:g} V; {dac}; {adc}")
+
+
+def _merge_device(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    merged = {**current, **changes}
+    # k and b are two spellings of one quantity: setting one drops the other.
+    if "b" in changes:
+        merged.pop("nonlinearity_k", None)
+        merged.pop("k_voltage", None)
+    if "nonlinearity_k" in changes:
+        merged.pop("b", None)
+    return merged
+
+
+def _build_device(data: Any, where: Location, ctx: DeviceContext) -> DeviceModel:
+    if not isinstance(data, dict) or "model" not in data:
+        raise where.child("model").error(f"missing; expected one of {', '.join(DEVICE_MODELS.names())}")
+    model = data["model"]
+    if model not in DEVICE_MODELS.names():
+        raise where.child("model").error(f"got {model!r}; expected one of {', '.join(DEVICE_MODELS.names())}")
+    cls = DEVICE_MODELS.get(model)
+    fields = {k: v for k, v in data.items() if k != "model"}
+    return cls.from_mapping(fields, where, ctx)
+
+
+def builtin_targets() -> list[str]:
+    """Names of the targets shipped with rramc."""
+    return sorted(p.name[:-5] for p in resources.files("rramc.targets").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_target(spec: str | Path | Target) -> Target:
+    """Load a target from a YAML file path or a builtin name (``ideal``, ``rram_a``, ``rram_b``)."""
+    if isinstance(spec, Target):
+        return spec
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise TargetError(f"target file {path} does not exist; builtin targets: {', '.join(builtin_targets())}")
+        return _load_file(path.read_text(encoding="utf-8", errors="replace"), str(path), path.parent)
+    name = str(spec)
+    if name not in builtin_targets():
+        raise TargetError(f"unknown target '{name}': not a file, and the builtin targets are {', '.join(builtin_targets())}")
+    resource = resources.files("rramc.targets") / f"{name}.yaml"
+    with resources.as_file(resource) as real:
+        return _load_file(resource.read_text(encoding="utf-8"), f"builtin target {name} ({real.name})", real.parent)
+
+
+def _load_file(text: str, source: str, directory: Path) -> Target:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise TargetError(f"{source}: not valid YAML{line}: {problem}") from None
+    return Target.from_mapping(data, source, directory)
+
+
+def target_fields() -> dict[str, list[tuple[str, str]]]:
+    """Every section's fields with their allowed values, for ``rramc targets --fields``."""
+    from rramc.hardware.config import field_docs
+
+    sections: dict[str, list[tuple[str, str]]] = {
+        "conductance": field_docs(ConductanceSpec),
+        "crossbar": field_docs(CrossbarSpec),
+        "nonidealities": field_docs(NonidealitySpec),
+    }
+    for name, cls in DEVICE_MODELS:
+        if dataclasses.is_dataclass(cls) and name != "table":
+            sections[f"device (model: {name})"] = field_docs(cls)
+    sections["device (model: table)"] = [("file", "CSV: header 'voltage,<G1>,<G2>,...' [V, S], rows of currents [A]")]
+    return sections

@@ -1,0 +1,33 @@
+"""rramc's intermediate representation: typed ops in a verified dataflow graph."""
+
+from rramc.ir.graph import Graph, Node
+from rramc.ir.ops import (
+    CROSSBAR_KINDS,
+    OPS,
+    Add,
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    BatchNorm,
+    ChannelAffine,
+    Clamp,
+    Conv2d,
+    CrossbarConv2d,
+    CrossbarLinear,
+    CrossbarOp,
+    Input,
+    Linear,
+    MaxPool2d,
+    Op,
+    Output,
+    ReLU,
+    Reshape,
+    Shape,
+    register_op,
+)
+from rramc.ir.printer import print_graph
+
+__all__ = [
+    "CROSSBAR_KINDS", "OPS", "Add", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm", "ChannelAffine",
+    "Clamp", "Conv2d", "CrossbarConv2d", "CrossbarLinear", "CrossbarOp", "Graph", "Input", "Linear",
+    "MaxPool2d", "Node", "Op", "Output", "ReLU", "Reshape", "Shape", "print_graph", "register_op",
+]

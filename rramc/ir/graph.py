@@ -1,0 +1,198 @@
+"""The IR graph: named nodes in topological order, each an op applied to earlier nodes."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from rramc.errors import VerifyError
+from rramc.ir.ops import Input, Op, Output, Shape
+
+
+@dataclass(eq=False)
+class Node:
+    """One value of the program: ``op`` applied to the nodes named in ``inputs``.
+
+    ``shape`` is the per-sample shape of the result (the batch dimension is implicit). ``meta``
+    holds JSON-able facts that passes and reports use and that survive copies and files: the
+    PyTorch layer it came from (``source``, ``module_type``), and whatever passes add.
+    """
+
+    name: str
+    op: Op
+    inputs: list[str]
+    shape: Shape
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        """The PyTorch layer this node came from, for messages."""
+        return str(self.meta.get("source", self.name))
+
+
+class Graph:
+    """A dataflow graph of :class:`Node` kept in topological order.
+
+    Passes edit it in place through :meth:`add`, :meth:`replace_uses` and :meth:`remove`; the
+    verifier (:meth:`verify`) checks after every pass that it is still well formed.
+    """
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, Node] = {}
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(list(self._nodes.values()))
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._nodes
+
+    def node(self, name: str) -> Node:
+        return self._nodes[name]
+
+    @property
+    def inputs(self) -> list[Node]:
+        return [n for n in self._nodes.values() if isinstance(n.op, Input)]
+
+    @property
+    def output(self) -> Node:
+        outputs = [n for n in self._nodes.values() if isinstance(n.op, Output)]
+        if len(outputs) != 1:
+            raise VerifyError(f"the graph has {len(outputs)} output nodes, expected exactly one")
+        return outputs[0]
+
+    def users(self, name: str) -> list[Node]:
+        return [n for n in self._nodes.values() if name in n.inputs]
+
+    def nodes_of(self, *kinds: type[Op]) -> list[Node]:
+        return [n for n in self._nodes.values() if isinstance(n.op, kinds)]
+
+    # --- editing -------------------------------------------------------------------------------
+
+    def unique_name(self, base: str) -> str:
+        base = base.replace(".", "_") or "v"
+        name, i = base, 1
+        while name in self._nodes:
+            name, i = f"{base}_{i}", i + 1
+        return name
+
+    def add(
+        self,
+        name: str,
+        op: Op,
+        inputs: list[str] | tuple[str, ...] = (),
+        *,
+        shape: Shape | None = None,
+        meta: dict[str, Any] | None = None,
+        after: str | None = None,
+    ) -> Node:
+        """Add a node (at the end, or right after ``after``); its shape is inferred if not given."""
+        name = self.unique_name(name)
+        missing = [i for i in inputs if i not in self._nodes]
+        if missing:
+            raise VerifyError(f"node %{name} uses undefined values {missing}")
+        if shape is None:
+            shape = tuple(op.infer_shape([self._nodes[i].shape for i in inputs]))
+        node = Node(name, op, list(inputs), tuple(int(s) for s in shape), dict(meta or {}))
+        if after is None:
+            self._nodes[name] = node
+        else:
+            items = list(self._nodes.items())
+            at = [k for k, _ in items].index(after) + 1
+            self._nodes = dict(items[:at] + [(name, node)] + items[at:])
+        return node
+
+    def replace_uses(self, old: str, new: str) -> None:
+        """Make every user of ``old`` use ``new`` instead."""
+        for node in self._nodes.values():
+            if node.name != new:
+                node.inputs = [new if i == old else i for i in node.inputs]
+
+    def remove(self, name: str) -> None:
+        users = [u.name for u in self.users(name)]
+        if users:
+            raise VerifyError(f"cannot remove %{name}: still used by {users}")
+        del self._nodes[name]
+
+    def remove_dead(self) -> list[str]:
+        """Remove nodes the output does not depend on; return their names."""
+        live = nx.ancestors(self.to_networkx(), self.output.name) | {self.output.name}
+        dead = [n for n in self._nodes if n not in live and not isinstance(self._nodes[n].op, Input)]
+        for name in dead:
+            del self._nodes[name]
+        return dead
+
+    def copy(self) -> Graph:
+        """A deep copy: tensors, ops and metadata are not shared with this graph."""
+        return copy.deepcopy(self)
+
+    # --- algorithms ----------------------------------------------------------------------------
+
+    def to_networkx(self) -> nx.DiGraph:
+        """The dataflow as a networkx graph; node attribute ``node`` holds the :class:`Node`."""
+        g = nx.DiGraph()
+        for node in self._nodes.values():
+            g.add_node(node.name, node=node)
+            for i in node.inputs:
+                g.add_edge(i, node.name)
+        return g
+
+    def to_dot(self) -> str:
+        """Graphviz DOT text of the dataflow, one box per node with its op and shape."""
+        lines = ["digraph rramc {", "  node [shape=box, fontname=monospace];"]
+        for node in self._nodes.values():
+            shape = "x".join(map(str, node.shape))
+            lines.append(f'  "{node.name}" [label="{node.name}\\n{node.op.kind} [{shape}]"];')
+            lines += [f'  "{i}" -> "{node.name}";' for i in node.inputs]
+        return "\n".join(lines + ["}"])
+
+    # --- checking ------------------------------------------------------------------------------
+
+    def verify(self, *, after_pass: str | None = None) -> None:
+        """Check every invariant of the IR; raise :class:`VerifyError` naming the node at fault."""
+        where = f" after pass '{after_pass}'" if after_pass else ""
+        seen: set[str] = set()
+        for node in self._nodes.values():
+            def fail(problem: str, node: Node = node) -> VerifyError:
+                return VerifyError(
+                    f"invalid IR{where}: %{node.name} = {node.op.kind} (from {node.source}): {problem}"
+                )
+
+            if len(node.inputs) != node.op.arity:
+                raise fail(f"takes {node.op.arity} operands, has {len(node.inputs)}")
+            for i in node.inputs:
+                if i not in seen:
+                    raise fail(f"operand %{i} is {'undefined' if i not in self._nodes else 'defined after its use'}")
+            if not node.shape or any(s < 1 for s in node.shape):
+                raise fail(f"shape {list(node.shape)} is empty or has a non-positive dimension")
+            operands = [self._nodes[i].shape for i in node.inputs]
+            if not isinstance(node.op, Input):
+                try:
+                    node.op.verify_(operands)
+                    inferred = tuple(node.op.infer_shape(operands))
+                except (ValueError, IndexError, TypeError) as exc:
+                    raise fail(str(exc)) from None
+                if inferred != node.shape:
+                    raise fail(f"recorded shape {list(node.shape)} but the op computes {list(inferred)}")
+            seen.add(node.name)
+        output = self.output
+        if list(self._nodes)[-1] != output.name:
+            raise VerifyError(f"invalid IR{where}: the output %{output.name} is not the last node")
+        if not self.inputs:
+            raise VerifyError(f"invalid IR{where}: the graph has no input")
+
+    # --- printing ------------------------------------------------------------------------------
+
+    def __str__(self) -> str:
+        from rramc.ir.printer import print_graph
+
+        return print_graph(self)
+

@@ -1,0 +1,440 @@
+"""The operations of rramc's IR.
+
+Each op is a dataclass: its fields are its attributes (tensors, numbers, tuples), ``kind`` is its
+name in the printed IR and in executable files, ``arity`` the number of operands it takes.
+``infer_shape`` maps the operands' per-sample shapes (the batch dimension is implicit everywhere)
+to the result's; ``verify_`` checks the attributes against those shapes and raises ``ValueError``
+with a plain sentence, which the graph verifier turns into a located :class:`VerifyError`.
+
+The float ops mirror what the frontend imports from PyTorch. ``quantize`` lowers ``linear`` and
+``conv2d`` to the crossbar ops ``xbar.linear`` and ``xbar.conv2d``, which carry the programmed
+conductances and, after ``tile`` and ``calibrate``, their tiling and ADC settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+Shape = tuple[int, ...]
+
+OPS: dict[str, type[Op]] = {}
+"""Every op class by its ``kind``; filled by :func:`register_op`."""
+
+
+def register_op(cls: type[Op]) -> type[Op]:
+    """Class decorator: make ``cls`` known to the printer, the verifier and the file format."""
+    if cls.kind in OPS:
+        raise TypeError(f"op kind {cls.kind!r} is defined twice: {OPS[cls.kind]} and {cls}")
+    OPS[cls.kind] = cls
+    return cls
+
+
+@dataclass(eq=False, kw_only=True)
+class Op:
+    """Base of all ops. Subclasses set ``kind`` and ``arity`` and override the shape hooks."""
+
+    kind: ClassVar[str]
+    arity: ClassVar[int] = 1
+
+    def infer_shape(self, operands: list[Shape]) -> Shape:
+        return operands[0]
+
+    def verify_(self, operands: list[Shape]) -> None:
+        """Raise ``ValueError`` if the attributes do not fit the operand shapes."""
+
+    def attributes(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def replace(self, **changes: Any) -> Op:
+        return dataclasses.replace(self, **changes)
+
+
+def _pair(value: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    if len(value) == 1:
+        return (int(value[0]), int(value[0]))
+    return (int(value[0]), int(value[1]))
+
+
+def _window_out(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil: bool) -> int:
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (math.ceil if ceil else math.floor)(span / stride) + 1
+    # PyTorch's rule: the last window must start inside the (left-padded) input.
+    if ceil and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _expect_rank(operands: list[Shape], rank: int, what: str) -> None:
+    if len(operands[0]) != rank:
+        raise ValueError(f"{what} needs a rank-{rank} operand per sample, got shape {list(operands[0])}")
+
+
+def _check_vector(name: str, value: Tensor | None, length: int) -> None:
+    if value is not None and tuple(value.shape) != (length,):
+        raise ValueError(f"{name} has shape {list(value.shape)}, expected [{length}]")
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class Input(Op):
+    """A network input. Its per-sample shape is the node's shape."""
+
+    kind: ClassVar[str] = "input"
+    arity: ClassVar[int] = 0
+
+    def infer_shape(self, operands: list[Shape]) -> Shape:  # pragma: no cover - never called
+        raise ValueError("an input's shape is given, not inferred")
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class Output(Op):
+    """The network's result; exactly one per graph, last."""
+
+    kind: ClassVar[str] = "output"
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class Linear(Op):
+    """``y = x @ weight.T + bias`` on a flat feature vector."""
+
+    kind: ClassVar[str] = "linear"
+    weight: Tensor
+    bias: Tensor | None = None
+
+    def infer_shape(self, operands: list[Shape]) -> Shape:
+        return (self.weight.shape[0],)
+
+    def verify_(self, operands: list[Shape]) -> None:
+        _expect_rank(operands, 1, "linear")
+        if self.weight.dim() != 2 or self.weight.shape[1] != operands[0][0]:
+            raise ValueError(f"weight {list(self.weight.shape)} does not take {operands[0][0]} inputs")
+        _check_vector("bias", self.bias, self.weight.shape[0])
+
+
+@dataclass(eq=False, kw_only=True)
+class _ConvGeometry:
+    """Stride, padding and dilation of a 2-D convolution (groups = 1, zero padding)."""
+
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+
+    def conv_out_shape(self, operand: Shape, out_channels: int, kernel: tuple[int, int]) -> Shape:
+        _, h, w = operand
+        return (
+            out_channels,
+            _window_out(h, kernel[0], self.stride[0], self.padding[0], self.dilation[0], False),
+            _window_out(w, kernel[1], self.stride[1], self.padding[1], self.dilation[1], False),
+        )
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class Conv2d(_ConvGeometry, Op):
+    """2-D convolution, ``weight`` of shape ``[out, in, kh, kw]``."""
+
+    kind: ClassVar[str] = "conv2d"
+    weight: Tensor
+    bias: Tensor | None = None
+
+    def infer_shape(self, operands: list[Shape]) -> Shape:
+        return self.conv_out_shape(operands[0], self.weight.shape[0], tuple(self.weight.shape[2:]))
+
+    def verify_(self, operands: list[Shape]) -> None:
+        _expect_rank(operands, 3, "conv2d")
+        if self.weight.dim() != 4 or self.weight.shape[1] != operands[0][0]:
+            raise ValueError(f"weight {list(self.weight.shape)} does not take {operands[0][0]} channels")
+        _check_vector("bias", self.bias, self.weight.shape[0])
+        if min(self.infer_shape(operands)) < 1:
+            raise ValueError(f"the kernel does not fit the input {list(operands[0])}")
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class BatchNorm(Op):
+    """Inference-mode batch normalisation over the first (channel) dimension."""
+
+    kind: ClassVar[str] = "batch_norm"
+    mean: Tensor
+    var: Tensor
+    weight: Tensor | None = None
+    bias: Tensor | None = None
+    eps: float = 1e-5
+
+    def verify_(self, operands: list[Shape]) -> None:
+        channels = operands[0][0]
+        for name in ("mean", "var", "weight", "bias"):
+            _check_vector(name, getattr(self, name), channels)
+
+    def scale_and_shift(self) -> tuple[Tensor, Tensor]:
+        """The per-channel affine map this normalisation applies: ``y = x * scale + shift``."""
+        scale = torch.rsqrt(self.var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight
+        shift = -self.mean * scale
+        if self.bias is not None:
+            shift = shift + self.bias
+        return scale, shift
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class ChannelAffine(Op):
+    """``y = x * scale + shift`` per channel (first dimension), computed digitally."""
+
+    kind: ClassVar[str] = "channel_affine"
+    scale: Tensor
+    shift: Tensor
+
+    def verify_(self, operands: list[Shape]) -> None:
+        _check_vector("scale", self.scale, operands[0][0])
+        _check_vector("shift", self.shift, operands[0][0])
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class ReLU(Op):
+    kind: ClassVar[str] = "relu"
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class Clamp(Op):
+    """Clipped activation ``min(max(x, low), high)``; either bound may be None."""
+
+    kind: ClassVar[str] = "clamp"
+    low: float | None = None
+    high: float | None = None
+
+    def verify_(self, operands: list[Shape]) -> None:
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"low bound {self.low} is above high bound {self.high}")
+
+
+@dataclass(eq=False, kw_only=True)
+class _Pool2d(Op):
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int] = (0, 0)
+    ceil_mode: bool = False
+
+    def _dilation(self) -> tuple[int, int]:
+        return (1, 1)
+
+    def infer_shape(self, operands: list[Shape]) -> Shape:
+        c, h, w = operands[0]
+        d = self._dilation()
+        return (
+            c,
+            _window_out(h, self.kernel_size[0], self.stride[0], self.padding[0], d[0], self.ceil_mode),
+            _window_out(w, self.kernel_size[1], self.stride[1], self.padding[1], d[1], self.ceil_mode),
+        )
+
+    def verify_(self, operands: list[Shape]) -> None:
+        _expect_rank(operands, 3, self.kind)
+        for k, p in zip(self.kernel_size, self.padding):
+            if p * 2 > k:
+                raise ValueError(f"padding {self.padding} exceeds half the kernel {self.kernel_size}")
+        if min(self.infer_shape(operands)) < 1:
+            raise ValueError(f"the window does not fit the input {list(operands[0])}")
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class MaxPool2d(_Pool2d):
+    kind: ClassVar[str] = "max_pool2d"
+    dilation: tuple[int, int] = (1, 1)
+
+    def _dilation(self) -> tuple[int, int]:
+        return self.dilation
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class AvgPool2d(_Pool2d):
+    kind: ClassVar[str] = "avg_pool2d"
+    count_include_pad: bool = True
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class AdaptiveAvgPool2d(Op):
+    """Average pooling to a fixed output size; canonicalize rewrites it as ``avg_pool2d``."""
+
+    kind: ClassVar[str] = "adaptive_avg_pool2d"
+    output_size: tuple[int, int]
+
+    def infer_shape(self, operands: list[Shape]) -> Shape:
+        return (operands[0][0], *self.output_size)
+
+    def verify_(self, operands: list[Shape]) -> None:
+        _expect_rank(operands, 3, "adaptive_avg_pool2d")
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class Reshape(Op):
+    """View each sample with a new shape (flatten, view, reshape)."""
+
+    kind: ClassVar[str] = "reshape"
+    shape: tuple[int, ...]
+
+    def infer_shape(self, operands: list[Shape]) -> Shape:
+        return tuple(self.shape)
+
+    def verify_(self, operands: list[Shape]) -> None:
+        if math.prod(self.shape) != math.prod(operands[0]):
+            raise ValueError(f"cannot reshape {list(operands[0])} to {list(self.shape)}")
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class Add(Op):
+    """Elementwise sum of two activations of the same shape (residual connections)."""
+
+    kind: ClassVar[str] = "add"
+    arity: ClassVar[int] = 2
+
+    def verify_(self, operands: list[Shape]) -> None:
+        if operands[0] != operands[1]:
+            raise ValueError(f"operand shapes differ: {list(operands[0])} and {list(operands[1])}")
+
+
+@dataclass(eq=False, kw_only=True)
+class CrossbarOp(Op):
+    """A weighted sum computed on crossbar arrays.
+
+    Conductances are stored as a matrix with one row per word line (input) and one column per
+    output: ``g_pos`` and ``g_neg`` are the two cells of each weight (the two columns of a
+    differential pair, or the weight column and the shared reference column), in siemens.
+    ``conductance_per_weight`` (S per weight unit, per output) is the mapping's scale, so that
+    ``g_pos - g_neg ≈ weight.T * conductance_per_weight``.
+
+    The fields after the conductances are filled by later passes: ``tile`` sets ``row_splits`` and
+    ``col_splits`` (the grid of array-sized tiles, partial sums added after the ADC), ``calibrate``
+    sets ``input_scale`` (the activation applied as the full read voltage), ``gain`` (A → output
+    units, per output) and ``adc_range`` (full-scale current of each tile's ADC, in A).
+    """
+
+    weight: Tensor
+    bias: Tensor | None = None
+    g_pos: Tensor
+    g_neg: Tensor
+    conductance_per_weight: Tensor
+    dac_bits: int | None = None
+    adc_bits: int | None = None
+    input_signed: bool = False
+    input_scale: float | None = None
+    gain: Tensor | None = None
+    row_splits: tuple[int, ...] | None = None
+    col_splits: tuple[int, ...] | None = None
+    adc_range: Tensor | None = None
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """(word lines, outputs) of the unrolled weight matrix."""
+        return (int(self.g_pos.shape[0]), int(self.g_pos.shape[1]))
+
+    def flat_weight(self) -> Tensor:
+        """The float weight as the crossbar sees it: ``[outputs, word lines]``."""
+        return self.weight.reshape(self.weight.shape[0], -1)
+
+    def tiles(self) -> list[tuple[slice, slice]]:
+        """(rows, columns) of every tile, row-block major; empty before ``tile`` ran."""
+        if self.row_splits is None or self.col_splits is None:
+            return []
+        rows = list(zip(self.row_splits[:-1], self.row_splits[1:]))
+        cols = list(zip(self.col_splits[:-1], self.col_splits[1:]))
+        return [(slice(r0, r1), slice(c0, c1)) for r0, r1 in rows for c0, c1 in cols]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        assert self.row_splits is not None and self.col_splits is not None
+        return (len(self.row_splits) - 1, len(self.col_splits) - 1)
+
+    def verify_mapping(self) -> None:
+        rows, cols = self.matrix_shape
+        if tuple(self.flat_weight().shape) != (cols, rows):
+            raise ValueError(f"g_pos {[rows, cols]} does not match the weight {list(self.weight.shape)}")
+        if self.g_neg.shape != self.g_pos.shape:
+            raise ValueError(f"g_neg {list(self.g_neg.shape)} differs from g_pos {[rows, cols]}")
+        _check_vector("bias", self.bias, cols)
+        _check_vector("conductance_per_weight", self.conductance_per_weight, cols)
+        _check_vector("gain", self.gain, cols)
+        if bool((self.g_pos < 0).any() or (self.g_neg < 0).any()):
+            raise ValueError("conductances must be non-negative")
+        for name, bits in (("dac_bits", self.dac_bits), ("adc_bits", self.adc_bits)):
+            if bits is not None and not 1 <= bits <= 32:
+                raise ValueError(f"{name} = {bits}, expected 1..32 or None (ideal)")
+        if self.input_scale is not None and not self.input_scale > 0:
+            raise ValueError(f"input_scale = {self.input_scale}, expected > 0")
+        if (self.row_splits is None) != (self.col_splits is None):
+            raise ValueError("row_splits and col_splits must be set together")
+        if self.row_splits is not None:
+            _check_splits("row_splits", self.row_splits, rows)
+            _check_splits("col_splits", self.col_splits, cols)
+            if self.adc_range is not None and tuple(self.adc_range.shape) != self.grid:
+                raise ValueError(f"adc_range {list(self.adc_range.shape)} does not match the tile grid {list(self.grid)}")
+        elif self.adc_range is not None:
+            raise ValueError("adc_range is set but the layer is not tiled")
+
+
+def _check_splits(name: str, splits: tuple[int, ...] | None, size: int) -> None:
+    assert splits is not None
+    if len(splits) < 2 or splits[0] != 0 or splits[-1] != size or any(b <= a for a, b in zip(splits, splits[1:])):
+        raise ValueError(f"{name} {list(splits)} must rise strictly from 0 to {size}")
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class CrossbarLinear(CrossbarOp):
+    """``linear`` mapped onto crossbar arrays."""
+
+    kind: ClassVar[str] = "xbar.linear"
+
+    def infer_shape(self, operands: list[Shape]) -> Shape:
+        return (self.matrix_shape[1],)
+
+    def verify_(self, operands: list[Shape]) -> None:
+        _expect_rank(operands, 1, "xbar.linear")
+        if operands[0][0] != self.matrix_shape[0]:
+            raise ValueError(f"{operands[0][0]} inputs for {self.matrix_shape[0]} word lines")
+        self.verify_mapping()
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class CrossbarConv2d(_ConvGeometry, CrossbarOp):
+    """``conv2d`` mapped onto crossbar arrays as an im2col-unrolled matrix.
+
+    Word line ``i`` carries input channel ``i // (kh*kw)`` at kernel offset ``i % (kh*kw)``, the
+    order of ``torch.nn.functional.unfold`` and of ``weight.reshape(out, -1)``.
+    """
+
+    kind: ClassVar[str] = "xbar.conv2d"
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return (int(self.weight.shape[2]), int(self.weight.shape[3]))
+
+    def infer_shape(self, operands: list[Shape]) -> Shape:
+        return self.conv_out_shape(operands[0], self.matrix_shape[1], self.kernel_size)
+
+    def verify_(self, operands: list[Shape]) -> None:
+        _expect_rank(operands, 3, "xbar.conv2d")
+        if self.weight.dim() != 4 or self.weight.shape[1] != operands[0][0]:
+            raise ValueError(f"weight {list(self.weight.shape)} does not take {operands[0][0]} channels")
+        self.verify_mapping()
+
+
+CROSSBAR_KINDS = frozenset(kind for kind, cls in OPS.items() if issubclass(cls, CrossbarOp))

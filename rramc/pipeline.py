@@ -1,0 +1,222 @@
+"""Passes and the pass manager.
+
+A pass is a frozen dataclass whose fields are its options and whose ``name`` is its name in a
+pipeline, so a pipeline can be written as text: ``"canonicalize,quantize{levels=16},tile"``.
+The manager runs a list of passes, verifies the IR after each, can print the IR between passes,
+times them and skips named ones; a failing pass is reported with the passes that ran before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from rramc.errors import PassError, RramcError
+from rramc.hardware.target import Target
+from rramc.ir import Graph
+from rramc.registry import Registry
+
+
+@dataclass
+class CompileContext:
+    """What passes may read besides the graph, and where they leave results.
+
+    ``calibration_data`` is a batch of representative network inputs; ``artifacts`` collects what
+    passes produce for the caller (``emit`` leaves the executable under ``"executable"``).
+    """
+
+    target: Target
+    calibration_data: torch.Tensor | None = None
+    seed: int = 0
+    progress: bool = False
+    log: Callable[[str], None] = lambda message: None
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    passes_run: list[str] = field(default_factory=list)
+
+
+def option(help: str, default: Any, choices: tuple[str, ...] | None = None) -> Any:
+    """Declare a pass option: a dataclass field with a one-line help text."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Base class of compiler passes.
+
+    Subclasses set ``name`` and implement :meth:`run`; the docstring states what the pass needs
+    on the IR and what it guarantees. :meth:`requires` may check the preconditions up front.
+    """
+
+    name: ClassVar[str]
+
+    def run(self, graph: Graph, ctx: CompileContext) -> Graph:
+        """Transform ``graph`` (in place or not) and return the graph to continue with."""
+        raise NotImplementedError
+
+    def requires(self, graph: Graph, ctx: CompileContext) -> None:
+        """Raise :class:`PassError` if ``graph`` is not what this pass can work on."""
+
+    @classmethod
+    def options(cls) -> list[tuple[str, str, Any, str]]:
+        """(name, type, default, help) of every option."""
+        hints = typing.get_type_hints(cls)
+        return [(f.name, _type_name(hints[f.name]), f.default, f.metadata.get("help", ""))
+                for f in dataclasses.fields(cls)]
+
+    def __str__(self) -> str:
+        changed = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
+        if not changed:
+            return self.name
+        return self.name + "{" + ",".join(f"{k}={_format_option(v)}" for k, v in changed.items()) + "}"
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+def _type_name(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if args else hint
+    name = getattr(base, "__name__", str(base))
+    return f"{name}?" if args else name
+
+
+def _format_option(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+PASSES: Registry[type[Pass]] = Registry(
+    what="pass",
+    group="rramc.passes",
+    builtins={
+        "canonicalize": "rramc.passes.canonicalize:Canonicalize",
+        "quantize": "rramc.passes.quantize:Quantize",
+        "tile": "rramc.passes.tile:Tile",
+        "calibrate": "rramc.passes.calibrate:Calibrate",
+        "emit": "rramc.passes.emit:Emit",
+    },
+)
+"""Every pass by name: the built-ins plus the ``rramc.passes`` entry-point group."""
+
+DEFAULT_PIPELINE = "canonicalize,quantize,tile,calibrate,emit"
+
+
+def default_pipeline() -> list[Pass]:
+    """The pipeline ``rramc compile`` runs when none is given."""
+    return parse_pipeline(DEFAULT_PIPELINE)
+
+
+_ITEM = re.compile(r"\s*([A-Za-z_][\w\-.]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
+
+
+def parse_pipeline(text: str) -> list[Pass]:
+    """Build passes from ``"name,name{opt=value,opt=value},..."``."""
+    passes, pos, text = [], 0, text.strip()
+    while pos < len(text):
+        match = _ITEM.match(text, pos)
+        if not match or match.end() == pos:
+            raise PassError(f"cannot parse pipeline {text!r} at position {pos}: expected name or name{{opt=value,...}}")
+        passes.append(make_pass(match.group(1), _parse_options(match.group(1), match.group(2) or "")))
+        pos = match.end()
+    if not passes:
+        raise PassError("the pipeline is empty")
+    return passes
+
+
+def _parse_options(pass_name: str, text: str) -> dict[str, str]:
+    options = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PassError(f"pass '{pass_name}': option '{item}' needs a value (name=value)")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def make_pass(name: str, options: dict[str, Any] | None = None) -> Pass:
+    """Instantiate pass ``name``; string option values are converted to the option's type."""
+    cls = PASSES.get(name)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, raw in (options or {}).items():
+        if key not in fields:
+            raise PassError(f"pass '{name}' has no option '{key}'; its options: {', '.join(fields) or 'none'}")
+        values[key] = _convert(name, key, raw, hints[key], fields[key].metadata.get("choices"))
+    return cls(**values)
+
+
+def _convert(pass_name: str, key: str, raw: Any, hint: Any, choices: tuple[str, ...] | None) -> Any:
+    where = f"pass '{pass_name}' option '{key}'"
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    kind = args[0] if args else hint
+    if not isinstance(raw, str):
+        value = raw
+    elif optional and raw.lower() in ("none", "null"):
+        return None
+    elif kind is bool:
+        if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise PassError(f"{where}: expected true or false, got {raw!r}")
+        value = raw.lower() in ("true", "1", "yes")
+    else:
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise PassError(f"{where}: expected {_type_name(hint)}, got {raw!r}") from None
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        if kind is float and isinstance(value, int):
+            return float(value)
+        raise PassError(f"{where}: expected {_type_name(hint)}, got {raw!r}")
+    if choices and value not in choices:
+        raise PassError(f"{where}: expected one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+@dataclass
+class PassManager:
+    """Runs passes in order, verifying the IR after each.
+
+    ``print_ir`` is called with (pass name, IR text) after each pass when ``print_after_each``;
+    ``timings`` holds (pass name, seconds) after :meth:`run`.
+    """
+
+    passes: Sequence[Pass]
+    skip: frozenset[str] = frozenset()
+    print_after_each: bool = False
+    print_ir: Callable[[str, str], None] = lambda name, text: print(f"// IR after {name}\n{text}")
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
+    def run(self, graph: Graph, ctx: CompileContext) -> Graph:
+        graph.verify(after_pass=ctx.passes_run[-1] if ctx.passes_run else "import")
+        unknown_skips = self.skip - {p.name for p in self.passes}
+        if unknown_skips:
+            raise PassError(f"cannot skip {sorted(unknown_skips)}: not in the pipeline {', '.join(p.name for p in self.passes)}")
+        for p in self.passes:
+            if p.name in self.skip:
+                continue
+            ran = ", ".join(ctx.passes_run) or "none"
+            start = time.perf_counter()
+            try:
+                p.requires(graph, ctx)
+                graph = p.run(graph, ctx)
+            except RramcError as exc:
+                raise type(exc)(f"pass '{p}' failed (passes run before it: {ran}): {exc}") from None
+            except Exception as exc:
+                raise PassError(f"pass '{p}' crashed (passes run before it: {ran}): {type(exc).__name__}: {exc}") from exc
+            self.timings.append((p.name, time.perf_counter() - start))
+            ctx.passes_run.append(str(p))
+            graph.verify(after_pass=str(p))
+            if self.print_after_each:
+                self.print_ir(str(p), str(graph))
+        return graph

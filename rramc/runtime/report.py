@@ -1,0 +1,76 @@
+"""What a run on the simulated chip reports: accuracy, float vs chip, and where the error comes from."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass
+class LayerReport:
+    """Error of one crossbar layer's output against the float network, over the data set.
+
+    ``local_error``: the layer alone, fed the float network's activations — what this layer's
+    mapping costs. ``cumulative_error``: the chip's activations against the float network's —
+    what has compounded by this layer. Both are ``‖chip - float‖ / ‖float‖``.
+    """
+
+    name: str
+    source: str
+    kind: str
+    matrix: tuple[int, int]
+    tiles: int
+    local_error: float
+    cumulative_error: float
+
+
+@dataclass
+class Report:
+    """The result of :meth:`Executable.run`."""
+
+    dataset: str
+    split: str
+    samples: int
+    target: str
+    seed: int
+    float_accuracy: float
+    chip_accuracy: float
+    agreement: float
+    layers: list[LayerReport] = field(default_factory=list)
+    seconds: float = 0.0
+    target_description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            from rramc.runtime.file_format import write_atomically
+
+            write_atomically(Path(path), (text + "\n").encode())
+        return text
+
+    def render(self, console: Console | None = None) -> None:
+        console = console or Console()
+        console.print(f"[bold]{self.dataset}[/] ({self.split}, {self.samples} samples) on [bold]{self.target}[/], chip seed {self.seed}")
+        if self.target_description:
+            console.print(f"  {self.target_description}", style="dim")
+        console.print(f"  float (PyTorch) accuracy : {100 * self.float_accuracy:6.2f} %")
+        console.print(f"  simulated chip accuracy  : {100 * self.chip_accuracy:6.2f} %   "
+                      f"({100 * (self.chip_accuracy - self.float_accuracy):+.2f} points)")
+        console.print(f"  same prediction as float : {100 * self.agreement:6.2f} %")
+        table = Table(title="Where the error comes from (relative error of each crossbar layer's output)", title_justify="left")
+        for column in ("layer", "op", "matrix", "tiles", "this layer alone", "accumulated"):
+            table.add_column(column, justify="left" if column in ("layer", "op") else "right")
+        for layer in self.layers:
+            table.add_row(layer.source, layer.kind, f"{layer.matrix[0]}×{layer.matrix[1]}", str(layer.tiles),
+                          f"{100 * layer.local_error:.2f} %", f"{100 * layer.cumulative_error:.2f} %")
+        console.print(table)
+        rate = self.samples / self.seconds if self.seconds else float("nan")
+        console.print(f"  {self.seconds:.2f} s ({rate:,.0f} samples/s, float and chip passes together)", style="dim")

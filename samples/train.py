@@ -1,0 +1,53 @@
+"""Train a sample network and save it as a torch.export archive for ``rramc compile``.
+
+    python -m rramc.samples.train --model digits_mlp --dataset digits --epochs 40 -o digits_mlp.pt2
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from rramc.datasets import DATASETS, load_dataset
+from rramc.errors import RramcError
+from rramc.frontend import save_exported
+from rramc.samples import models
+from rramc.training import TrainConfig, accuracy, train_classifier
+
+ARCHITECTURES = {
+    "digits_mlp": models.digits_mlp,
+    "digits_cnn": models.digits_cnn,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(ARCHITECTURES), default="digits_mlp")
+    parser.add_argument("--dataset", choices=DATASETS, default="digits")
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        train = load_dataset(args.dataset, "train", args.data_dir)
+        test = load_dataset(args.dataset, "test", args.data_dir)
+    except RramcError as exc:
+        parser.exit(1, f"error: {exc}\n")
+    torch.manual_seed(args.seed)
+    model = ARCHITECTURES[args.model]()
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    train_classifier(model, train, config, on_epoch=lambda e, loss, acc: print(f"epoch {e + 1:3d}  loss {loss:.4f}  train {100 * acc:.2f} %"))
+    test_accuracy = accuracy(model, test)
+    print(f"test accuracy {100 * test_accuracy:.2f} %")
+    save_exported(model, test.images[:1], args.output, dataset=args.dataset, architecture=args.model,
+                  float_test_accuracy=round(test_accuracy, 4), train_config=vars(config))
+    print(f"saved {args.output}")
+
+
+if __name__ == "__main__":
+    main()

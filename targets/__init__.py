@@ -1,0 +1,1 @@
+"""Builtin target specs (YAML), shipped as package data and loaded by name."""
