@@ -14,7 +14,7 @@ from rramc.ir import (
     Add, AdaptiveAvgPool2d, AvgPool2d, Clamp, CrossbarOp, Graph, Input, MaxPool2d, Node, Output, ReLU, Reshape,
 )
 from rramc.pipeline import CompileContext, Pass, option
-from rramc.runtime.crossbar_layer import ProgrammedLayer, to_matrix_input
+from rramc.runtime.crossbar_layer import ProgrammedLayer
 from rramc.runtime.interpreter import Program
 
 Bounds = tuple[float | None, float | None]
@@ -123,13 +123,12 @@ class Calibrate(Pass):
         node.op = op = op.replace(input_scale=float(scale), input_signed=signed, gain=gain.float(), adc_range=None)
         node.meta["input_range"] = "static" if lo is not None and hi is not None and lo >= 0 and hi > 0 else "calibrated"
         layer = ProgrammedLayer.program(node, target, require_calibration=False)
-        vectors, restore = to_matrix_input(op, x)
-        currents = layer.currents(vectors, scale)
+        currents, restore = layer.currents(x, scale)
         if op.adc_bits is not None:
             magnitude = torch.stack([i.abs() for _, i in currents])  # [phases, row blocks, vectors, outputs]
             cols = list(zip(op.col_splits, op.col_splits[1:]))  # type: ignore[arg-type]
             ranges = torch.tensor([[upper_percentile(magnitude[:, rb, :, a:b], self.adc_percentile) for a, b in cols]
                                    for rb in range(magnitude.shape[1])])
             node.op = op = op.replace(adc_range=ranges)
-            layer.op, layer.adc_range = op, layer.tiles.per_column(ranges)
+            layer.calibrated(op)
         return restore(layer.neuron(layer.digitize(currents)))

@@ -52,6 +52,10 @@ class Registry(Generic[T]):
             raise self.error(f"{self.what} '{name}' is already defined: {self.origins()[name]}")
         self._extra[name] = obj
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry added with :meth:`register`."""
+        del self._extra[name]
+
     def get(self, name: str) -> T:
         if name in self._extra:
             return self._extra[name]

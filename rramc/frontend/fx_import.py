@@ -104,38 +104,40 @@ class Importer:
             return METHOD_CONVERTERS.get(str(node.target))
         return None
 
-    def scan(self) -> None:
-        """Report every op that has no converter, all at once."""
+    def describe(self, node: torch.fx.Node) -> str:
+        path, kind = self.layer_of(node)
+        what = kind if node.op == "call_module" else _target_name(node)
+        return f"{what} at layer '{path}' (fx node {node.name})"
+
+    def run(self) -> Graph:
+        """Convert every node; report every unsupported op (and op attribute) in one message.
+
+        A node that depends on one that failed is not reported again: the user sees causes only.
+        """
         problems = []
-        for node in self.gm.graph.nodes:
-            if node.op in ("call_module", "call_function", "call_method") and self.converter(node) is None:
-                if node.op == "call_module" and str(node.target) == "_guards_fn":
-                    continue
-                path, kind = self.layer_of(node)
-                what = kind if node.op == "call_module" else _target_name(node)
-                problems.append(f"  - {what} at layer '{path}' (fx node {node.name})")
         outputs = [n for n in self.gm.graph.nodes if n.op == "output"]
-        if outputs and len(torch.fx.node.map_arg(outputs[0].args, lambda n: n) and _flat_outputs(outputs[0])) != 1:
+        if outputs and len(_flat_outputs(outputs[0])) != 1:
             problems.append("  - the network returns several values; rramc needs one output tensor")
+        failed: set[torch.fx.Node] = set()
+        for node in self.gm.graph.nodes:
+            if node.op in ("call_module", "call_function", "call_method") and self.converter(node) is None \
+                    and not (node.op == "call_module" and str(node.target) == "_guards_fn"):
+                problems.append(f"  - {self.describe(node)}")
+                failed.add(node)
+                continue
+            if failed & set(node.all_input_nodes) or (node.op == "output" and problems):
+                failed.add(node)
+                continue
+            try:
+                self.env[node] = self.convert(node)
+            except Unsupported as exc:
+                problems.append(f"  - {self.describe(node)}: {exc}")
+                failed.add(node)
         if problems:
             raise FrontendError(
                 f"{self.source}: {len(problems)} unsupported operation(s):\n" + "\n".join(problems)
                 + f"\nrramc supports: {SUPPORTED_SUMMARY}."
             )
-
-    def run(self) -> Graph:
-        self.scan()
-        problems = []
-        for node in self.gm.graph.nodes:
-            try:
-                self.env[node] = self.convert(node)
-            except Unsupported as exc:
-                path, kind = self.layer_of(node)
-                what = kind if node.op == "call_module" else _target_name(node)
-                problems.append(f"  - {what} at layer '{path}': {exc}")
-                self.env[node] = None
-        if problems:
-            raise FrontendError(f"{self.source}: {len(problems)} operation(s) cannot be imported:\n" + "\n".join(problems))
         self.graph.remove_dead()
         return self.graph
 
@@ -150,8 +152,6 @@ class Importer:
             value = self.activation(self.env[result], "result")
             self.graph.add("output", Output(), [value.name], meta={"source": "output"})
             return None
-        if any(self.env.get(a, 0) is None for a in node.all_input_nodes):
-            raise Unsupported("it depends on an operation that could not be imported")
         args = torch.fx.node.map_arg(node.args, lambda n: self.env[n])
         kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: self.env[n])
         if node.op == "call_module" and str(node.target) == "_guards_fn":
@@ -218,6 +218,37 @@ def _conv2d(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: A
             raise Unsupported("padding='same' that is not symmetric is not supported")
     op = Conv2d(weight=w, bias=imp.tensor(bias, "bias"), stride=_ints(stride), padding=_ints(padding), dilation=_ints(dilation))
     return imp.emit(node, op, [x])
+
+
+def _convolution(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
+                 dilation: Any, transposed: bool, output_padding: Any, groups: int) -> Value:
+    if transposed:
+        raise Unsupported("transposed convolution is not supported")
+    return _conv2d(imp, node, input, weight, bias, stride, padding, dilation, groups)
+
+
+def _addmm(imp: Importer, node: torch.fx.Node, bias: Any, input: Any, mat2: Any, beta: Any = 1, alpha: Any = 1) -> Value:
+    # Core ATen spells linear as addmm(bias, x, weight.T).
+    if beta != 1 or alpha != 1 or not isinstance(mat2, Tensor):
+        raise Unsupported("only addmm(bias, x, weight.T) with constant weights (a linear layer) is supported")
+    return _linear(imp, node, input, mat2.T, bias)
+
+
+def _mm(imp: Importer, node: torch.fx.Node, input: Any, mat2: Any) -> Value:
+    if not isinstance(mat2, Tensor):
+        raise Unsupported("only x @ weight.T with constant weights (a linear layer) is supported")
+    return _linear(imp, node, input, mat2.T)
+
+
+def _fold_parameter(function: Callable[..., Tensor]) -> Callable[..., Any]:
+    """Transposes and permutes of parameters are computed now; of activations they are unsupported."""
+
+    def convert(imp: Importer, node: torch.fx.Node, x: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(x, Tensor):
+            raise Unsupported("transposing or permuting an activation is not supported")
+        return function(x, *args, **kwargs)
+
+    return convert
 
 
 def _batch_norm(imp: Importer, node: torch.fx.Node, x: Any, mean: Any, var: Any, weight: Any, bias: Any, eps: float) -> Value:
@@ -383,7 +414,10 @@ MODULE_CONVERTERS: dict[type, Callable[..., Any]] = {
 
 FUNCTION_CONVERTERS: dict[Any, Callable[..., Any]] = {
     F.linear: _linear, aten.linear.default: _linear,
-    F.conv2d: _conv2d, torch.conv2d: _conv2d, aten.conv2d.default: _conv2d,
+    F.conv2d: _conv2d, torch.conv2d: _conv2d, aten.conv2d.default: _conv2d, aten.conv2d.padding: _conv2d,
+    aten.convolution.default: _convolution, aten.addmm.default: _addmm, aten.mm.default: _mm,
+    aten.t.default: _fold_parameter(torch.t), aten.permute.default: _fold_parameter(torch.permute),
+    aten.transpose.int: _fold_parameter(torch.transpose),
     aten.batch_norm.default: _aten_batch_norm,
     aten._native_batch_norm_legit_no_training.default: _aten_bn_no_training,
     F.relu: _relu, torch.relu: _relu, aten.relu.default: _relu, aten.relu_.default: _relu,
@@ -401,6 +435,7 @@ FUNCTION_CONVERTERS: dict[Any, Callable[..., Any]] = {
     F.dropout: _identity, aten.dropout.default: _identity, aten.alias.default: _identity,
     aten.detach.default: _identity, aten.clone.default: _identity, aten.contiguous.default: _identity,
     operator.getitem: _getitem,
+    aten.sym_size.int: lambda imp, node, x, dim: _size(imp, node, x, dim),
 }
 
 METHOD_CONVERTERS: dict[str, Callable[..., Any]] = {
@@ -424,14 +459,16 @@ def import_graph_module(gm: torch.fx.GraphModule, example_inputs: tuple[Tensor, 
 
 def import_module(model: nn.Module, example_input: Tensor, source: str = "model") -> Graph:
     """Trace an ``nn.Module`` with ``torch.fx.symbolic_trace`` and import it."""
-    model = model.eval()
-    try:
-        gm = torch.fx.symbolic_trace(model)
-    except Exception as exc:
-        raise FrontendError(
-            f"{source}: torch.fx cannot trace the model ({type(exc).__name__}: {exc}); data-dependent Python control "
-            "flow is the usual cause. Export it with torch.export and compile the .pt2 instead."
-        ) from None
+    if isinstance(model, torch.fx.GraphModule):
+        gm = model  # already a graph (e.g. ExportedProgram.module(), which refuses .eval())
+    else:
+        try:
+            gm = torch.fx.symbolic_trace(model.eval())
+        except Exception as exc:
+            raise FrontendError(
+                f"{source}: torch.fx cannot trace the model ({type(exc).__name__}: {exc}); data-dependent Python control "
+                "flow is the usual cause. Export it with torch.export and compile the .pt2 instead."
+            ) from None
     return import_graph_module(gm, (example_input,), source)
 
 

@@ -45,8 +45,12 @@ class LoadedModel:
 
 
 def save_exported(model: nn.Module, example_input: torch.Tensor, path: str | Path, **metadata: Any) -> None:
-    """Export ``model`` with ``torch.export`` to ``path`` with rramc metadata (``dataset=...``)."""
-    program = torch.export.export(model.eval(), (example_input,))
+    """Export ``model`` with ``torch.export`` to ``path`` with rramc metadata (``dataset=...``).
+
+    The batch dimension is exported as dynamic, so the archive runs on batches of any size.
+    """
+    example = example_input[:1].expand(2, *example_input.shape[1:]).clone()  # a size-1 dim would be specialised
+    program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, str(path), extra_files={METADATA_FILE: json.dumps(metadata)})
 
 

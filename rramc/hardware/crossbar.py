@@ -35,6 +35,8 @@ def dac(x: Tensor, bits: int | None) -> Tensor:
         return x
     steps = (1 << bits) - 1
     x = x.clamp(0.0, 1.0)
+    if not x.requires_grad:
+        return torch.round(x * steps).div_(steps)
     return straight_through(x, torch.round(x * steps) / steps)
 
 
@@ -45,7 +47,9 @@ def adc(current: Tensor, full_scale: Tensor, bits: int | None) -> Tensor:
     steps = (1 << (bits - 1)) - 1
     full_scale = full_scale.clamp_min(torch.finfo(current.dtype).tiny)
     clipped = torch.maximum(torch.minimum(current, full_scale), -full_scale)
-    return straight_through(clipped, torch.round(clipped / full_scale * steps) / steps * full_scale)
+    if not clipped.requires_grad:
+        return torch.round(clipped * (steps / full_scale)).mul_(full_scale / steps)
+    return straight_through(clipped, torch.round(clipped * (steps / full_scale)) * (full_scale / steps))
 
 
 def snap_to_levels(g: Tensor, g_min: float, g_max: float, levels: int | None) -> Tensor:
@@ -107,6 +111,8 @@ class TiledConductances:
 
     def split_inputs(self, v: Tensor) -> Tensor:
         """``[batch, inputs]`` voltages → ``[row blocks, batch, rows per block]`` (padding at 0 V)."""
+        if self.row_index.shape[0] == 1 and self.row_index.shape[1] == v.shape[1]:
+            return v.unsqueeze(0)  # one block, no padding: no copy
         padded = torch.cat([v, v.new_zeros(v.shape[0], 1)], dim=1)
         return padded[:, self.row_index].permute(1, 0, 2)
 
@@ -120,6 +126,15 @@ class TiledConductances:
         return torch.stack([per_column[..., a:b].amax(-1) for a, b in zip(self.col_splits, self.col_splits[1:])], -1)
 
 
+def word_line_drive(v: Tensor, device: DeviceModel) -> Tensor:
+    """What the column sums need from each word-line voltage: ``g(V)`` for a separable device, else ``V``.
+
+    It is elementwise, so it may be computed before a convolution's im2col unrolling (on ``k²``
+    times fewer values) and padding stays zero (``g(0) = 0``).
+    """
+    return device.unit_current(v) if device.separable else v
+
+
 def bitline_currents(
     v: Tensor,
     tiles: TiledConductances,
@@ -131,18 +146,31 @@ def bitline_currents(
     """Differential bit-line current of every tile column: ``Σ_i f(V_i, G⁺_ij) - f(V_i, G⁻_ij)``.
 
     ``v``: word-line voltages ``[batch, inputs]``. Returns ``[row blocks, batch, outputs]`` [A].
+    """
+    return currents_from_drive(word_line_drive(v, device), tiles, device, read_noise_sigma=read_noise_sigma, generator=generator)
+
+
+def currents_from_drive(
+    drive: Tensor,
+    tiles: TiledConductances,
+    device: DeviceModel,
+    *,
+    read_noise_sigma: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """:func:`bitline_currents` from :func:`word_line_drive` values ``[batch, inputs]``.
+
     A separable device costs one batched matmul of ``g(V)`` with ``G⁺ - G⁻``; other devices are
     evaluated per cell, in batch chunks. Read noise (each cell's current times ``1 + σ·ε``) is
     added with its exact column variance ``σ²·Σ_i (f⁺² + f⁻²)``.
     """
-    vb = tiles.split_inputs(v)
+    blocks = tiles.split_inputs(drive)
     if device.separable:
-        gv = device.unit_current(vb)
-        current = torch.bmm(gv, tiles.delta)
+        current = torch.bmm(blocks, tiles.delta)
         if read_noise_sigma > 0:
-            variance = torch.bmm(gv * gv, tiles.g_pos**2 + tiles.g_neg**2)
+            variance = torch.bmm(blocks * blocks, tiles.g_pos**2 + tiles.g_neg**2)
     else:
-        current, variance = _per_cell_currents(vb, tiles, device, with_variance=read_noise_sigma > 0)
+        current, variance = _per_cell_currents(blocks, tiles, device, with_variance=read_noise_sigma > 0)
     if read_noise_sigma > 0:
         noise = torch.randn(current.shape, generator=generator, dtype=current.dtype, device=current.device)
         current = current + read_noise_sigma * variance.clamp_min(0).sqrt() * noise

@@ -15,7 +15,7 @@ Builtin targets (``ideal``, ``rram_a``, ``rram_b``) ship in the ``rramc.targets`
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,7 @@ class Target:
     crossbar: CrossbarSpec
     nonidealities: NonidealitySpec
     description: str = ""
-    source: str = "<memory>"
+    source: str = field(default="<memory>", compare=False)
 
     @classmethod
     def from_mapping(cls, data: Any, source: str = "<memory>", directory: Path | None = None) -> Target:

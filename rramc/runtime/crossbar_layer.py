@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from rramc.errors import RuntimeSimulationError
-from rramc.hardware.crossbar import TiledConductances, adc, bitline_currents, dac, program_conductances
+from rramc.hardware.crossbar import TiledConductances, adc, currents_from_drive, dac, program_conductances, word_line_drive
 from rramc.hardware.target import Target
 from rramc.ir import CrossbarConv2d, CrossbarOp, Node
+
+PhaseCurrents = list[tuple[float, Tensor]]
 
 
 def to_matrix_input(op: CrossbarOp, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
@@ -22,7 +24,7 @@ def to_matrix_input(op: CrossbarOp, x: Tensor) -> tuple[Tensor, Callable[[Tensor
     """
     if not isinstance(op, CrossbarConv2d):
         return x, lambda y: y
-    batch, _, height, width = x.shape
+    batch = x.shape[0]
     cols = F.unfold(x, op.kernel_size, dilation=op.dilation, padding=op.padding, stride=op.stride)
     out_h, out_w = op.infer_shape([tuple(x.shape[1:])])[1:]
     vectors = cols.transpose(1, 2).reshape(-1, cols.shape[1])
@@ -42,6 +44,7 @@ class ProgrammedLayer:
     target: Target
     tiles: TiledConductances
     adc_range: Tensor | None  # [row blocks, outputs] full-scale current per column [A]
+    _drive_table: Tensor | None = field(default=None, repr=False)
 
     @classmethod
     def program(
@@ -66,30 +69,55 @@ class ProgrammedLayer:
         adc_range = None if op.adc_range is None else tiles.per_column(op.adc_range.to(device=device, dtype=dtype))
         return cls(node, op, target, tiles, adc_range)
 
-    def phases(self, vectors: Tensor, input_scale: float) -> list[tuple[float, Tensor]]:
-        """(sign, DAC output in [0, 1]) of each read phase; signed inputs take two phases."""
-        x = vectors / input_scale
-        if not self.op.input_signed:
-            return [(1.0, dac(x.clamp_min(0.0), self.op.dac_bits))]
-        return [(1.0, dac(x.clamp_min(0.0), self.op.dac_bits)), (-1.0, dac((-x).clamp_min(0.0), self.op.dac_bits))]
+    def calibrated(self, op: CrossbarOp) -> None:
+        """Take over the ADC ranges (and other settings) of a newly calibrated ``op``."""
+        self.op = op
+        self.adc_range = None if op.adc_range is None else self.tiles.per_column(op.adc_range.to(self.tiles.g_pos))
 
-    def currents(self, vectors: Tensor, input_scale: float, generator: torch.Generator | None = None) -> list[tuple[float, Tensor]]:
-        """Bit-line currents ``[row blocks, vectors, outputs]`` of each read phase, before the ADC."""
+    def drive(self, x: Tensor) -> Tensor:
+        """Word-line drive (``g(V)`` or ``V``) of DAC outputs ``x`` in [0, 1].
+
+        Without gradients, a separable device with a DAC looks ``g`` up in a table of the DAC's
+        ``2**bits`` voltages instead of evaluating it per element: the values are the same.
+        """
         vread = self.target.crossbar.read_voltage
-        sigma = self.target.nonidealities.read_noise_sigma
-        return [
-            (sign, bitline_currents(x * vread, self.tiles, self.target.device, read_noise_sigma=sigma, generator=generator))
-            for sign, x in self.phases(vectors, input_scale)
-        ]
+        device, bits = self.target.device, self.op.dac_bits
+        if device.separable and bits is not None and bits <= 16 and not x.requires_grad:
+            steps = (1 << bits) - 1
+            if self._drive_table is None or self._drive_table.dtype != x.dtype or self._drive_table.device != x.device:
+                levels = torch.arange(steps + 1, dtype=x.dtype, device=x.device) / steps
+                self._drive_table = device.unit_current(levels * vread)
+            return self._drive_table[torch.round(x * steps).long()]
+        return word_line_drive(x * vread, device)
 
-    def digitize(self, phase_currents: list[tuple[float, Tensor]]) -> Tensor:
+    def currents(self, x: Tensor, input_scale: float, generator: torch.Generator | None = None) -> tuple[PhaseCurrents, Callable[[Tensor], Tensor]]:
+        """Bit-line currents ``[row blocks, vectors, outputs]`` of each read phase (sign, current),
+        before the ADC, and how to shape per-vector results back to the layer's output.
+
+        Inputs are scaled so that ``input_scale`` is the full read voltage; signed inputs take two
+        phases (positive and negative parts, subtracted after the ADC).
+        """
+        x = x / input_scale
+        parts = [(1.0, x.clamp_min(0.0))]
+        if self.op.input_signed:
+            parts.append((-1.0, (-x).clamp_min(0.0)))
+        sigma = self.target.nonidealities.read_noise_sigma
+        phase_currents, restore = [], None
+        for sign, part in parts:
+            vectors, restore = to_matrix_input(self.op, self.drive(dac(part, self.op.dac_bits)))
+            current = currents_from_drive(vectors, self.tiles, self.target.device, read_noise_sigma=sigma, generator=generator)
+            phase_currents.append((sign, current))
+        assert restore is not None
+        return phase_currents, restore
+
+    def digitize(self, phase_currents: PhaseCurrents) -> Tensor:
         """ADC every tile and add the partial sums digitally: ``[vectors, outputs]`` [A]."""
         total = None
         for sign, current in phase_currents:
             if self.op.adc_bits is not None:
                 assert self.adc_range is not None
                 current = adc(current, self.adc_range[:, None, :], self.op.adc_bits)
-            part = sign * current.sum(0)
+            part = current.sum(0) if sign > 0 else -current.sum(0)
             total = part if total is None else total + part
         assert total is not None
         return total
@@ -102,5 +130,5 @@ class ProgrammedLayer:
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         assert self.op.input_scale is not None
-        vectors, restore = to_matrix_input(self.op, x)
-        return restore(self.neuron(self.digitize(self.currents(vectors, self.op.input_scale, generator))))
+        currents, restore = self.currents(x, self.op.input_scale, generator)
+        return restore(self.neuron(self.digitize(currents)))

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rramc.errors import ExecutableFormatError
+from rramc.errors import ExecutableFormatError, RramcError
 from rramc.hardware.target import Target
 from rramc.ir import CrossbarOp, Graph
 from rramc.runtime.file_format import deserialize, serialize, write_atomically
@@ -56,7 +56,10 @@ class Executable:
     def save(self, path: str | Path) -> Path:
         """Write the executable file (atomically: no partial file on failure)."""
         path = Path(path)
-        write_atomically(path, serialize(self.graph, self.target, self.metadata))
+        try:
+            write_atomically(path, serialize(self.graph, self.target, self.metadata))
+        except OSError as exc:
+            raise RramcError(f"cannot write the executable to {path}: {exc.strerror or exc}") from None
         return path
 
     @classmethod

@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from rramc.errors import RramcError
+
 
 @dataclass
 class LayerReport:
@@ -53,7 +55,10 @@ class Report:
         if path is not None:
             from rramc.runtime.file_format import write_atomically
 
-            write_atomically(Path(path), (text + "\n").encode())
+            try:
+                write_atomically(Path(path), (text + "\n").encode())
+            except OSError as exc:
+                raise RramcError(f"cannot write the report to {path}: {exc.strerror or exc}") from None
         return text
 
     def render(self, console: Console | None = None) -> None:

@@ -1,0 +1,49 @@
+"""Shared fixtures: the digits data and small trained networks (trained once per session)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from rramc.datasets import Dataset, load_dataset
+from rramc.samples import models
+from rramc.training import TrainConfig, train_classifier
+
+
+@pytest.fixture(scope="session")
+def digits_train() -> Dataset:
+    return load_dataset("digits", "train")
+
+
+@pytest.fixture(scope="session")
+def digits_test() -> Dataset:
+    return load_dataset("digits", "test")
+
+
+@pytest.fixture(scope="session")
+def trained_mlp(digits_train: Dataset) -> nn.Module:
+    """64-48-32-10 ReLU MLP, about 96 % on digits."""
+    torch.manual_seed(0)
+    return train_classifier(models.mlp(64, 48, 32, 10), digits_train, TrainConfig(epochs=15, lr=0.05, batch_size=64))
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(digits_train: Dataset) -> nn.Module:
+    """The small CNN with BatchNorm and clipped ReLU, trained briefly."""
+    torch.manual_seed(0)
+    return train_classifier(models.SmallCNN(1, 8, 10), digits_train, TrainConfig(epochs=6, lr=0.05, batch_size=64))
+
+
+@pytest.fixture(scope="session")
+def residual_cnn() -> nn.Module:
+    """An untrained residual CNN whose BatchNorm statistics are not the identity."""
+    torch.manual_seed(1)
+    model = models.ResidualCNN(1, 8, 10)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    return model.eval()

@@ -1,0 +1,85 @@
+"""calibrate: input ranges, full-scale gains and ADC ranges from sample data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import rramc
+from rramc.errors import PassError
+from rramc.frontend import import_module
+from rramc.ir import CrossbarOp
+
+
+def only_layer(exe):  # type: ignore[no-untyped-def]
+    (node,) = exe.graph.nodes_of(CrossbarOp)
+    return node
+
+
+def test_input_range_static_from_clipped_relu_else_from_data() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.Hardtanh(0.0, 0.75), nn.Linear(4, 3))
+    data = torch.rand(64, 6) * 3.0
+    exe = rramc.compile(model, "ideal", data)
+    first, second, third = exe.graph.nodes_of(CrossbarOp)
+    assert first.op.input_scale == pytest.approx(float(data.max()))
+    assert first.op.input_signed is False and first.meta["input_range"] == "calibrated"
+    with torch.no_grad():
+        hidden = torch.relu(model[0](data))
+    assert second.op.input_scale == pytest.approx(float(hidden.max()), rel=1e-5)
+    assert third.op.input_scale == 0.75 and third.meta["input_range"] == "static"
+
+
+def test_signed_inputs_are_detected_and_applied_in_two_phases() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(8, 3)
+    data = torch.randn(32, 8)
+    exe = rramc.compile(model, "ideal", data)
+    op = only_layer(exe).op
+    assert op.input_signed is True and op.input_scale == pytest.approx(float(data.abs().max()))
+    torch.testing.assert_close(exe(data), model(data), rtol=1e-5, atol=1e-5)
+
+
+def test_full_scale_gain_makes_a_full_input_exact_and_a_half_input_sinh_shaped() -> None:
+    """The conventional calibration: x = 1 gives W·x exactly; x = 1/2 gives W·x·g(V/2)/g(V)·2."""
+    torch.manual_seed(0)
+    model = nn.Linear(10, 4)
+    target = rramc.load_target("rram_a").with_changes(conductance={"levels": None}, crossbar={"dac_bits": None, "adc_bits": None})
+    exe = rramc.compile(model, target, torch.rand(16, 10))
+    assert only_layer(exe).op.input_scale == pytest.approx(1.0, abs=0.1)
+    scale = only_layer(exe).op.input_scale
+    full = torch.full((1, 10), scale)
+    torch.testing.assert_close(exe(full), model(full), rtol=1e-5, atol=1e-5)
+    b = 2 * math.acosh(7.5 / 2)
+    shrink = math.sinh(b * 0.5) / math.sinh(b)  # current at half voltage relative to full voltage
+    half = full / 2
+    expected = model.weight @ torch.full((10,), scale) * shrink + model.bias
+    torch.testing.assert_close(exe(half)[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_adc_range_is_the_largest_tile_current_on_the_samples() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(40, 6)
+    target = rramc.load_target("ideal").with_changes(crossbar={"adc_bits": 8, "rows": 16})
+    data = torch.rand(50, 40)
+    exe = rramc.compile(model, target, data, pipeline="canonicalize,quantize,tile{cols=4},calibrate,emit")
+    op = only_layer(exe).op
+    assert op.adc_range.shape == (3, 2)  # row blocks of 16,16,8 word lines × column blocks of 4,2 outputs
+    voltages = data / op.input_scale * target.crossbar.read_voltage
+    delta = op.g_pos - op.g_neg
+    for i, (r0, r1) in enumerate(zip(op.row_splits, op.row_splits[1:])):
+        for j, (c0, c1) in enumerate(zip(op.col_splits, op.col_splits[1:])):
+            currents = voltages[:, r0:r1] @ delta[r0:r1, c0:c1]
+            assert float(op.adc_range[i, j]) == pytest.approx(float(currents.abs().max()), rel=1e-5)
+    lower = rramc.compile(model, target, data, pipeline="canonicalize,quantize,tile{cols=4},calibrate{adc_percentile=90},emit")
+    assert bool((only_layer(lower).op.adc_range < op.adc_range).all())
+
+
+def test_calibration_needs_data() -> None:
+    graph = import_module(nn.Linear(3, 2), torch.rand(2, 3))
+    with pytest.raises(PassError, match="pass 'calibrate' failed .passes run before it: canonicalize, quantize, tile.: "
+                                       "calibrate needs sample inputs"):
+        rramc.compile(graph, "ideal")

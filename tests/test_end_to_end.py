@@ -1,0 +1,77 @@
+"""Whole networks through the whole compiler, on every shipped target."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import rramc
+from rramc.training import accuracy
+
+
+@pytest.mark.parametrize("network", ["trained_mlp", "trained_cnn", "residual_cnn"])
+def test_ideal_target_reproduces_the_pytorch_logits(network: str, request, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
+    model = request.getfixturevalue(network)
+    exe = rramc.compile(model, "ideal", digits_train.images[:256])
+    x = digits_test.images
+    with torch.no_grad():
+        expected = model(x)
+    got = exe(x)
+    assert float((got - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+    report = exe.run(digits_test)
+    assert report.float_accuracy == pytest.approx(accuracy(model, digits_test))
+    assert report.chip_accuracy == report.float_accuracy and report.agreement == 1.0
+    assert all(layer.local_error < 1e-5 and layer.cumulative_error < 1e-5 for layer in report.layers)
+
+
+def test_naive_mapping_on_sinh_cells_loses_accuracy_and_the_report_says_where(trained_mlp, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
+    ideal = rramc.compile(trained_mlp, "ideal", digits_train.images[:256]).run(digits_test)
+    chip = rramc.compile(trained_mlp, "rram_a", digits_train.images[:256]).run(digits_test)
+    assert chip.float_accuracy == ideal.float_accuracy > 0.9
+    assert chip.chip_accuracy < chip.float_accuracy - 0.05
+    first = chip.layers[0]
+    assert first.local_error == first.cumulative_error > 0.05
+    # errors compound: the last layer's accumulated error exceeds its own
+    assert chip.layers[-1].cumulative_error > chip.layers[-1].local_error
+
+
+def test_linear_cells_with_rram_a_converters_stay_close(trained_mlp, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
+    """Quantisation alone (32 levels, 8-bit DAC/ADC) costs little: the sinh I-V is what hurts."""
+    target = rramc.load_target("rram_a").with_changes(device={"model": "linear"})
+    report = rramc.compile(trained_mlp, target, digits_train.images[:256]).run(digits_test)
+    assert report.chip_accuracy >= report.float_accuracy - 0.02
+    assert all(layer.local_error < 0.05 for layer in report.layers)
+
+
+@pytest.mark.parametrize("target", ["rram_a", "rram_b"])
+def test_conv_networks_compile_and_run_on_rram_targets(target: str, trained_cnn, residual_cnn, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
+    for model in (trained_cnn, residual_cnn):
+        exe = rramc.compile(model, target, digits_train.images[:128])
+        report = exe.run(digits_test, limit=64)
+        assert report.samples == 64
+        assert [layer.kind for layer in report.layers][:2] == ["xbar.conv2d", "xbar.conv2d"]
+        assert 0.0 <= report.chip_accuracy <= 1.0 and report.layers[0].local_error > 0
+
+
+def test_chip_instances_are_reproducible_and_differ_by_seed(trained_mlp, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
+    target = rramc.load_target("rram_a").with_changes(nonidealities={"programming_sigma": 0.05, "read_noise_sigma": 0.02})
+    exe = rramc.compile(trained_mlp, target, digits_train.images[:256])
+    x = digits_test.images[:32]
+    assert torch.equal(exe(x, seed=3), exe(x, seed=3))
+    assert not torch.equal(exe(x, seed=3), exe(x, seed=4))
+    # the nominal chip (seed-independent) is what calibration saw: variation adds error on top
+    clean = rramc.compile(trained_mlp, "rram_a", digits_train.images[:256])
+    noisy_error = (exe(x, seed=3) - exe.reference(x)).norm()
+    clean_error = (clean(x) - clean.reference(x)).norm()
+    assert noisy_error > clean_error
+
+
+def test_a_network_with_unbounded_negative_inputs_runs(digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
+    """Standardised (signed) inputs: the first layer reads them in two phases."""
+    torch.manual_seed(0)
+    mean, std = digits_train.images.mean(), digits_train.images.std()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    x = (digits_train.images - mean) / std
+    exe = rramc.compile(model, "ideal", x[:128])
+    torch.testing.assert_close(exe(x[:64]), model(x[:64]).detach(), rtol=1e-4, atol=1e-5)

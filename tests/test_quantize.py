@@ -1,0 +1,71 @@
+"""quantize: weights → differential (or offset) conductance pairs on the target's levels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from rramc.frontend import import_module
+from rramc.hardware import load_target
+from rramc.ir import CrossbarConv2d, CrossbarLinear, Linear
+from rramc.passes.quantize import map_weights
+from rramc.pipeline import CompileContext, parse_pipeline, PassManager
+
+
+def quantized(model: nn.Module, x: torch.Tensor, target, pipeline="canonicalize,quantize"):  # type: ignore[no-untyped-def]
+    graph = import_module(model, x)
+    return PassManager(parse_pipeline(pipeline)).run(graph, CompileContext(target))
+
+
+def test_differential_pairs_on_levels_reproduce_the_weights() -> None:
+    target = load_target("rram_a")  # 32 levels in [1, 100] µS
+    c = target.conductance
+    torch.manual_seed(0)
+    w = torch.randn(7, 13)
+    g_pos, g_neg, scale = map_weights(w, target)
+    step = (c.g_max - c.g_min) / (c.levels - 1)
+    for g in (g_pos, g_neg):
+        assert g.shape == (13, 7)
+        assert float(g.min()) >= c.g_min - 1e-12 and float(g.max()) <= c.g_max + 1e-12
+        codes = (g.double() - c.g_min) / step
+        torch.testing.assert_close(codes, codes.round(), atol=1e-3, rtol=0)
+    # one cell of each pair sits at g_min; the largest |weight| of each column reaches g_max
+    assert bool(((g_pos - c.g_min).abs() < 1e-12).logical_or((g_neg - c.g_min).abs() < 1e-12).all())
+    assert torch.allclose((g_pos - g_neg).abs().amax(0), torch.full((7,), c.g_max - c.g_min))
+    error = (g_pos - g_neg).T / scale[:, None] - w
+    assert float(error.abs().max()) <= 0.5 * step / float(scale.min()) + 1e-6
+
+
+def test_continuous_levels_are_exact_and_layer_granularity_shares_a_scale() -> None:
+    target = load_target("ideal")
+    w = torch.randn(5, 9, dtype=torch.float64).float()
+    g_pos, g_neg, scale = map_weights(w, target)
+    torch.testing.assert_close((g_pos - g_neg).T / scale[:, None], w, rtol=1e-5, atol=1e-6)
+    _, _, layer_scale = map_weights(w, target, per_column=False)
+    assert torch.allclose(layer_scale, layer_scale[0].expand(5))
+    assert float(layer_scale[0]) == pytest.approx((target.conductance.g_max - target.conductance.g_min) / float(w.abs().max()))
+
+
+def test_offset_encoding_uses_a_reference_column_at_mid_window() -> None:
+    target = load_target("ideal").with_changes(crossbar={"weight_encoding": "offset"})
+    c = target.conductance
+    w = torch.randn(4, 6)
+    g_pos, g_neg, scale = map_weights(w, target)
+    mid = (c.g_min + c.g_max) / 2
+    assert torch.allclose(g_neg, torch.full_like(g_neg, mid))
+    torch.testing.assert_close((g_pos - g_neg).T / scale[:, None], w, rtol=1e-4, atol=1e-5)
+    assert float(g_pos.min()) >= c.g_min * (1 - 1e-6) and float(g_pos.max()) <= c.g_max * (1 + 1e-6)
+
+
+def test_pass_lowers_every_layer_and_options_override_the_target(trained_cnn: nn.Module) -> None:
+    x = torch.rand(4, 1, 8, 8)
+    graph = quantized(trained_cnn, x, load_target("rram_a"), "canonicalize,quantize{levels=4,adc_bits=6,dac_bits=0}")
+    ops = [n.op for n in graph]
+    assert not any(isinstance(op, Linear) for op in ops)
+    layers = [op for op in ops if isinstance(op, (CrossbarLinear, CrossbarConv2d))]
+    assert [type(op) for op in layers] == [CrossbarConv2d, CrossbarConv2d, CrossbarLinear]
+    for op in layers:
+        assert op.adc_bits == 6 and op.dac_bits is None
+        assert len(torch.unique(torch.cat([op.g_pos.flatten(), op.g_neg.flatten()]))) <= 4
+        assert op.matrix_shape == (op.weight[0].numel(), op.weight.shape[0])
