@@ -35,8 +35,8 @@ class Tile(Pass):
 
     def run(self, graph: Graph, ctx: CompileContext) -> Graph:
         spec = ctx.target.crossbar
-        rows = self.rows or spec.rows
-        cols = self.cols or spec.outputs_per_array
+        rows = spec.rows if self.rows is None else self.rows
+        cols = spec.outputs_per_array if self.cols is None else self.cols
         if rows > spec.rows or rows < 1:
             raise TilingError(f"tiles of {rows} rows do not fit the target's {spec.rows}-row arrays")
         if cols > spec.outputs_per_array or cols < 1:

@@ -101,7 +101,7 @@ def compile(
 
     (graph_input,) = loaded.graph.inputs
     samples = fit_inputs(calibration_set.images, graph_input.shape, dataset_name)
-    pipeline = parse_pipeline(passes) if passes else default_pipeline()
+    pipeline = parse_pipeline(passes) if passes is not None else default_pipeline()
     manager = PassManager(pipeline, skip=frozenset(skip or ()), print_after_each=print_ir,
                           print_ir=lambda name, text: console.print(f"[bold]// IR after {name}[/]\n{text}", highlight=False))
     exe = compile_model(loaded.graph, target_spec, calibration_data=samples, seed=seed, pass_manager=manager,

@@ -8,7 +8,9 @@ scanned, so a user sees every unsupported op in one message, each with the layer
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +57,7 @@ class Importer:
         self.gm, self.source = gm, source
         self.graph = Graph()
         self.env: dict[torch.fx.Node, Any] = {}
+        self._dry = False
 
     # --- helpers used by converters ------------------------------------------------------------
 
@@ -87,6 +90,8 @@ class Importer:
         raise Unsupported(f"its {what} is computed at run time; rramc needs it as a parameter")
 
     def emit(self, node: torch.fx.Node, op: Any, inputs: list[Value]) -> Value:
+        if self._dry:
+            return Value(node.name)
         path, kind = self.layer_of(node)
         name = path if node.op == "call_module" or isinstance(op, (Linear, Conv2d, BatchNorm)) else node.name
         added = self.graph.add(name, op, [v.name for v in inputs], shape=self.shape(node),
@@ -127,6 +132,9 @@ class Importer:
                 continue
             if failed & set(node.all_input_nodes) or (node.op == "output" and problems):
                 failed.add(node)
+                problem = self.dry_run(node, failed)
+                if problem:
+                    problems.append(f"  - {self.describe(node)}: {problem}")
                 continue
             try:
                 self.env[node] = self.convert(node)
@@ -140,6 +148,25 @@ class Importer:
             )
         self.graph.remove_dead()
         return self.graph
+
+    def dry_run(self, node: torch.fx.Node, failed: set[torch.fx.Node]) -> str | None:
+        """Check a node downstream of a failed one for problems of its own (e.g. grouped conv).
+
+        Failed operands stand in as activations; nothing is added to the graph.
+        """
+        if node.op not in ("call_module", "call_function", "call_method"):
+            return None
+        self.env.update({n: Value(n.name) for n in node.all_input_nodes if n in failed})
+        self._dry = True
+        try:
+            self.convert(node)
+        except Unsupported as exc:
+            return str(exc)
+        except Exception:  # a consequence of the failed operand, not a problem of this node
+            return None
+        finally:
+            self._dry = False
+        return None
 
     def convert(self, node: torch.fx.Node) -> Any:
         if node.op == "placeholder":
@@ -448,8 +475,10 @@ METHOD_CONVERTERS: dict[str, Callable[..., Any]] = {
 def import_graph_module(gm: torch.fx.GraphModule, example_inputs: tuple[Tensor, ...], source: str) -> Graph:
     """Propagate shapes through ``gm`` with ``example_inputs`` and convert it to a verified IR graph."""
     try:
-        ShapeProp(gm).propagate(*example_inputs)
+        with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints a traceback before re-raising
+            ShapeProp(gm).propagate(*example_inputs)
     except Exception as exc:  # the user's own model code failed on the example input
+        exc = exc.__cause__ or exc
         raise FrontendError(f"{source}: running the model on an example input of shape "
                             f"{[list(x.shape) for x in example_inputs]} failed: {type(exc).__name__}: {exc}") from None
     graph = Importer(gm, source).run()

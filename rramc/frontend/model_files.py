@@ -119,11 +119,14 @@ def load_model(
         obj = torch.load(path, map_location="cpu", weights_only=True)
         needs_trust = False
     except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc) and "Weights only" not in str(exc):
-            raise FrontendError(f"{path} is not a PyTorch model file: {exc}") from None
+        # Only a pickle that names Python classes needs trust; anything else is not a model file.
+        if "Unsupported global" not in str(exc):
+            raise FrontendError(f"{path} is not a PyTorch model file (neither a .pt2 archive, a state_dict nor a pickled module)") from None
         obj, needs_trust = None, True
     except Exception as exc:
-        raise FrontendError(f"{path} is not a PyTorch model file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise FrontendError(f"{path} is not a PyTorch model file (neither a .pt2 archive, a state_dict nor a pickled module; "
+                            f"{type(exc).__name__}: {first_line})") from None
 
     if needs_trust:
         if not trust_pickle:
@@ -155,7 +158,11 @@ def load_model(
         raise FrontendError(f"--model '{factory}': calling it failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise FrontendError(f"--model '{factory}' returned a {type(model).__name__}, not an nn.Module")
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that differ
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:4])
+        raise FrontendError(f"{path} does not fit the network built by '{factory}': {detail}") from None
     if result.missing_keys or result.unexpected_keys:
         raise FrontendError(
             f"{path} does not fit the network built by '{factory}': missing {result.missing_keys[:8]}, "

@@ -187,6 +187,8 @@ def load_target(spec: str | Path | Target) -> Target:
         return spec
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise TargetError(f"target {path} is a directory, expected a YAML file")
         if not path.is_file():
             raise TargetError(f"target file {path} does not exist; builtin targets: {', '.join(builtin_targets())}")
         return _load_file(path.read_text(encoding="utf-8", errors="replace"), str(path), path.parent)

@@ -55,6 +55,8 @@ def evaluate(
     (graph_input,) = exe.graph.inputs
     if limit is not None:
         dataset = dataset.take(limit)
+    if len(dataset) == 0:
+        raise DatasetError(f"data set '{dataset.name}' ({dataset.split}) has no samples to evaluate" + (" with --limit 0" if limit == 0 else ""))
     check_classes(exe.graph.output.shape[0], dataset)
     fit_inputs(dataset.images[:1], graph_input.shape, dataset.name)
     reference = exe.program("float", device=device)

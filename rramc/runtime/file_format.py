@@ -83,6 +83,9 @@ def write_atomically(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        umask = os.umask(0)  # mkstemp creates 0600; give the file the mode open() would
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -110,12 +113,15 @@ def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]
     if hashlib.sha256(text.encode()).hexdigest() != meta.get("rramx.manifest_sha256"):
         raise refuse("corrupt: the manifest does not match its checksum")
     manifest = json.loads(text)
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise refuse(f"not an rramc executable (format {manifest.get('format')!r})")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise refuse(f"written in executable format {version} by rramc {manifest.get('rramc_version')}; this rramc reads "
                      f"format {FORMAT_VERSION} and older. Upgrade rramc, or recompile the model with this version.")
+    missing = [key for key, kind in (("target", dict), ("nodes", list), ("tensor_sha256", dict)) if not isinstance(manifest.get(key), kind)]
+    if missing:
+        raise refuse(f"corrupt: the manifest lacks {', '.join(missing)}")
     try:
         tensors = safetensors.torch.load(data)
     except Exception as exc:
@@ -128,15 +134,19 @@ def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]
     except RramcError as exc:
         raise refuse(f"its target spec is invalid: {exc}") from None
     graph = Graph()
-    for entry in manifest["nodes"]:
-        cls = OPS.get(entry["kind"])
-        if cls is None:
-            raise refuse(f"node %{entry['name']} uses op '{entry['kind']}', which this rramc does not know "
-                         "(was it compiled with a plugin that is not installed?)")
-        op = cls(**{k: _decode(v, tensors) for k, v in entry["attrs"].items()})
-        graph.add(entry["name"], op, entry["inputs"], shape=tuple(entry["shape"]), meta=entry["meta"])
     try:
+        for entry in manifest["nodes"]:
+            cls = OPS.get(entry["kind"])
+            if cls is None:
+                raise refuse(f"node %{entry['name']} uses op '{entry['kind']}', which this rramc does not know "
+                             "(was it compiled with a plugin that is not installed?)")
+            op = cls(**{k: _decode(v, tensors) for k, v in entry["attrs"].items()})
+            graph.add(entry["name"], op, entry["inputs"], shape=tuple(entry["shape"]), meta=entry["meta"])
         graph.verify(after_pass="loading the executable")
+    except ExecutableFormatError:
+        raise
     except RramcError as exc:
         raise refuse(str(exc)) from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise refuse(f"corrupt: a graph node is malformed ({type(exc).__name__}: {exc})") from None
     return graph, target, manifest.get("metadata", {})

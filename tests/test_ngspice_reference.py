@@ -1,0 +1,252 @@
+"""Crossbar column currents against an independent circuit simulator (ngspice).
+
+Every cell is a SPICE behavioural current source (B-source) from its word line to its bit line
+whose expression is the device's documented I-V, written out here from the device's fields (the
+nonlinearity coefficients are derived in this file, not taken from rramc); word lines are driven
+by voltage sources and each bit line is held at 0 V by a 0-V source (a virtual-ground sense
+amplifier) whose branch current is the column current. ngspice's ``.op`` solution is compared with
+:func:`rramc.hardware.crossbar.bitline_currents` and with the runtime's pre-ADC tile currents.
+
+ngspice missing: the tests skip, unless ``RRAMC_REQUIRE_NGSPICE=1`` (CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import rramc
+from rramc.hardware.crossbar import TiledConductances, bitline_currents
+from rramc.hardware.devices import DeviceModel, LinearDevice, PowerDevice, SinhDevice, StateDependentSinhDevice
+from rramc.hardware.target import load_target
+from rramc.ir import CrossbarOp
+
+RTOL = 1e-6
+ATOL = 1e-13  # A; column currents here are 1e-5..1e-3 A
+
+# --------------------------------------------------------------------------------------------
+# ngspice driver
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ngspice() -> str:
+    path = shutil.which("ngspice")
+    if path is None:
+        if os.environ.get("RRAMC_REQUIRE_NGSPICE") == "1":
+            pytest.fail("ngspice is not on PATH but RRAMC_REQUIRE_NGSPICE=1 requires the circuit-simulator reference")
+        pytest.skip("ngspice is not on PATH (set RRAMC_REQUIRE_NGSPICE=1 to make this a failure)")
+    return path
+
+
+def _num(x: float) -> str:
+    """A float as SPICE reads it back exactly (no SI suffixes: 'm' would mean milli)."""
+    return repr(float(x)) if math.isfinite(x) else "0"
+
+
+def _sinh_b(k: float, voltage: float) -> float:
+    # I(V)/I(V/2) = sinh(BV)/sinh(BV/2) = 2 cosh(BV/2) = k  =>  B = 2 acosh(k/2) / V
+    return 2.0 * math.acosh(k / 2.0) / voltage
+
+
+def _state_b(device: StateDependentSinhDevice, g: float) -> float:
+    """B(G) from the documented rule: linear in log G between g_hrs and g_lrs, held outside."""
+    b_hrs = _sinh_b(device.nonlinearity_k_hrs, device.k_voltage)
+    b_lrs = _sinh_b(device.nonlinearity_k_lrs, device.k_voltage)
+    t = (math.log(g) - math.log(device.g_hrs)) / (math.log(device.g_lrs) - math.log(device.g_hrs))
+    t = min(max(t, 0.0), 1.0)
+    return b_hrs + t * (b_lrs - b_hrs)
+
+
+def _cell_expression(device: DeviceModel, g: float, v: str) -> str:
+    """The cell current [A] as a SPICE expression of the branch voltage ``v``."""
+    if isinstance(device, LinearDevice):
+        return f"{_num(g)}*{v}"
+    if isinstance(device, SinhDevice):
+        b = device.b if device.b is not None else _sinh_b(device.nonlinearity_k, device.k_voltage)
+        return f"{_num(g)}*{v}" if b == 0 else f"{_num(g / b)}*sinh({_num(b)}*{v})"
+    if isinstance(device, StateDependentSinhDevice):
+        b = _state_b(device, g)
+        return f"{_num(g / b)}*sinh({_num(b)}*{v})"
+    if isinstance(device, PowerDevice):
+        # pwr(x, a) = sign(x)·|x|^a in ngspice
+        return f"{_num(g * device.v_ref)}*pwr({v}/{_num(device.v_ref)},{_num(device.exponent)})"
+    raise NotImplementedError(f"no SPICE expression for device model {device.model}")
+
+
+_PRINTED = re.compile(r"^\s*(i\([^)\s]+\))\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+def spice_column_currents(ngspice: str, workdir: Path, device: DeviceModel,
+                          arrays: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+    """Column currents [A] of independent arrays, each ``(voltages [rows], conductances [rows, cols])``.
+
+    All arrays go into one netlist (disjoint nodes) and one ngspice ``-b`` run.
+    """
+    lines = ["* rramc crossbar reference netlist"]
+    senses: list[list[str]] = []
+    for a, (v, g) in enumerate(arrays):
+        rows, cols = g.shape
+        assert v.shape == (rows,)
+        for i in range(rows):
+            lines.append(f"vwl_{a}_{i} wl_{a}_{i} 0 DC {_num(v[i])}")
+        names = []
+        for j in range(cols):
+            lines.append(f"vsa_{a}_{j} bl_{a}_{j} 0 DC 0")
+            names.append(f"i(vsa_{a}_{j})")
+            for i in range(rows):
+                expr = _cell_expression(device, float(g[i, j]), f"V(wl_{a}_{i},bl_{a}_{j})")
+                lines.append(f"bcell_{a}_{i}_{j} wl_{a}_{i} bl_{a}_{j} I = {expr}")
+        senses.append(names)
+    lines += [
+        ".options reltol=1e-12 abstol=1e-18 vntol=1e-15",
+        ".control",
+        "set numdgt=15",
+        "op",
+        *[f"print {name}" for names in senses for name in names],
+        "quit 0",  # without it, batch mode exits 1 ("no .plot/.print lines") even after a good run
+        ".endc",
+        ".end",
+    ]
+    netlist = workdir / "crossbar.cir"
+    netlist.write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([ngspice, "-b", str(netlist)], cwd=workdir, capture_output=True, text=True, timeout=120)
+    output = proc.stdout + "\n" + proc.stderr
+    assert proc.returncode == 0, f"ngspice failed (rc {proc.returncode}):\n{output[-3000:]}"
+    errors = [line for line in output.splitlines() if re.match(r"\s*(error|fatal)", line, re.IGNORECASE)]
+    assert not errors, f"ngspice reported errors: {errors[:5]}\n{output[-3000:]}"
+    printed = {name.lower(): float(value) for name, value in _PRINTED.findall(proc.stdout)}
+    missing = [n for names in senses for n in names if n.lower() not in printed]
+    assert not missing, f"ngspice printed no value for {missing[:5]}...:\n{output[-3000:]}"
+    # the sense source's branch current flows from its + terminal (the bit line) to ground:
+    # positive when the cells push current into the bit line
+    return [torch.tensor([printed[n.lower()] for n in names], dtype=torch.float64) for names in senses]
+
+
+# --------------------------------------------------------------------------------------------
+# devices
+# --------------------------------------------------------------------------------------------
+
+
+def _devices() -> dict[str, DeviceModel]:
+    return {
+        "ideal": load_target("ideal").device,
+        "rram_a": load_target("rram_a").device,
+        "rram_b": load_target("rram_b").device,
+        # state window inside the sampled conductances, so B(G) is clamped on both sides
+        "sinh_state_clamped": load_target("rram_b").with_changes(device={"g_hrs": 5e-6, "g_lrs": 5e-5}).device,
+        "power_1.7": load_target("rram_a").with_changes(device={"model": "power", "exponent": 1.7}).device,
+    }
+
+
+DEVICES = _devices()
+
+
+def test_builtin_devices_are_the_models_the_netlists_encode() -> None:
+    assert isinstance(DEVICES["ideal"], LinearDevice)
+    assert isinstance(DEVICES["rram_a"], SinhDevice)
+    assert isinstance(DEVICES["rram_b"], StateDependentSinhDevice)
+
+
+def _random_crossbar(seed: int, rows: int = 6, cols: int = 4, batch: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.rand(batch, rows, generator=gen, dtype=torch.float64)  # [0, 1] V
+    g_pos = 1e-6 + (1e-4 - 1e-6) * torch.rand(rows, cols, generator=gen, dtype=torch.float64)
+    g_neg = 1e-6 + (1e-4 - 1e-6) * torch.rand(rows, cols, generator=gen, dtype=torch.float64)
+    return v, g_pos, g_neg
+
+
+@pytest.mark.parametrize("name", list(DEVICES))
+def test_single_ended_column_currents_match_ngspice(name: str, ngspice: str, tmp_path: Path) -> None:
+    device = DEVICES[name]
+    v, g_pos, _ = _random_crossbar(1)
+    rows, cols = g_pos.shape
+    tiles = TiledConductances.from_matrices(g_pos, torch.zeros_like(g_pos), (0, rows), (0, cols))
+    got = bitline_currents(v, tiles, device)
+    assert got.shape == (1, v.shape[0], cols)
+    expected = torch.stack(spice_column_currents(ngspice, tmp_path, device, [(v[n], g_pos) for n in range(v.shape[0])]))
+    torch.testing.assert_close(got[0], expected, rtol=RTOL, atol=ATOL)
+    if name != "ideal":  # the nonlinearity matters: a linear model of the cells is far off
+        linear = v @ g_pos
+        assert not torch.allclose(linear, expected, rtol=1e-2)
+
+
+@pytest.mark.parametrize("name", list(DEVICES))
+def test_differential_column_currents_match_ngspice(name: str, ngspice: str, tmp_path: Path) -> None:
+    """G⁺ and G⁻ on separate bit lines; rramc's differential current is their difference."""
+    device = DEVICES[name]
+    v, g_pos, g_neg = _random_crossbar(2)
+    rows, cols = g_pos.shape
+    tiles = TiledConductances.from_matrices(g_pos, g_neg, (0, rows), (0, cols))
+    got = bitline_currents(v, tiles, device)[0]
+    both = torch.cat([g_pos, g_neg], dim=1)  # one array of 2·cols bit lines
+    spice = torch.stack(spice_column_currents(ngspice, tmp_path, device, [(v[n], both) for n in range(v.shape[0])]))
+    expected = spice[:, :cols] - spice[:, cols:]
+    scale = spice.abs().amax()
+    torch.testing.assert_close(got, expected, rtol=RTOL, atol=RTOL * float(scale))
+
+
+@pytest.mark.parametrize("name", ["rram_a", "rram_b"])
+def test_row_blocks_are_separate_arrays(name: str, ngspice: str, tmp_path: Path) -> None:
+    """Two row blocks (7 = 4 + 3 word lines, the short block padded): each block's columns are its own array."""
+    device = DEVICES[name]
+    v, g_pos, g_neg = _random_crossbar(3, rows=7, cols=3, batch=2)
+    tiles = TiledConductances.from_matrices(g_pos, g_neg, (0, 4, 7), (0, 3))
+    got = bitline_currents(v, tiles, device)
+    assert got.shape == (2, 2, 3)
+    arrays = [(v[n, a:b], torch.cat([g_pos[a:b], g_neg[a:b]], dim=1)) for a, b in ((0, 4), (4, 7)) for n in range(2)]
+    spice = spice_column_currents(ngspice, tmp_path, device, arrays)
+    expected = torch.stack([s[:3] - s[3:] for s in spice]).reshape(2, 2, 3)  # [block, batch, cols]
+    torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+
+
+# --------------------------------------------------------------------------------------------
+# full stack: a compiled layer's tile, driven by the DAC for a real input
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target_name", ["ideal", "rram_a"])
+def test_compiled_tile_currents_match_ngspice(target_name: str, ngspice: str, tmp_path: Path) -> None:
+    digits = rramc.load_dataset("digits", "test")
+    images = digits.images[:32].to(torch.float64)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 10))
+    exe = rramc.compile(model, target_name, images.float(), pipeline="canonicalize,quantize,tile{rows=20,cols=7},calibrate,emit")
+    node = exe.graph.nodes_of(CrossbarOp)[0]
+    op = node.op
+    assert op.row_splits == (0, 20, 40, 60, 64) and op.col_splits == (0, 7, 12)
+    layer = exe.program("chip", dtype=torch.float64).layers[node.name]
+
+    flat = images.reshape(-1, 64)
+    x = flat[flat[:, 60:64].sum(1) > 0][:2]  # the first layer's input: flattened pixels, lighting the short block
+    assert x.shape == (2, 64)
+    (sign, current), = layer.currents(x, op.input_scale)[0]
+    assert sign == 1.0 and not op.input_signed
+    # the DAC, written out: codes k/(2^bits - 1) of the scaled input, times the read voltage
+    u = x / op.input_scale
+    if op.dac_bits is not None:
+        steps = 2**op.dac_bits - 1
+        u = torch.round(u.clamp(0, 1) * steps) / steps
+    volts = u * exe.target.crossbar.read_voltage
+
+    g_pos, g_neg = op.g_pos.to(torch.float64), op.g_neg.to(torch.float64)
+    tiles = [(1, (20, 40), (0, 7)), (3, (60, 64), (7, 12))]  # a full tile and the short last one
+    arrays, shapes = [], []
+    for rb, (r0, r1), (c0, c1) in tiles:
+        for n in range(2):
+            arrays.append((volts[n, r0:r1], torch.cat([g_pos[r0:r1, c0:c1], g_neg[r0:r1, c0:c1]], dim=1)))
+            shapes.append((rb, n, c0, c1))
+    spice = spice_column_currents(ngspice, tmp_path, exe.target.device, arrays)
+    for (rb, n, c0, c1), s in zip(shapes, spice):
+        width = c1 - c0
+        expected = s[:width] - s[width:]
+        assert expected.abs().max() > 1e-7  # the chosen pixels really drive these columns
+        torch.testing.assert_close(current[rb, n, c0:c1], expected, rtol=RTOL, atol=RTOL * float(s.abs().max()))
