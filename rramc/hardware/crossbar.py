@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from rramc.hardware.devices import DeviceModel
+from rramc.hardware.devices import DeviceModel, SeparableExpansion
 from rramc.hardware.target import Target
 
 # Per-cell evaluation of a non-separable device materialises batch × rows × outputs currents;
@@ -87,6 +87,7 @@ class TiledConductances:
     col_splits: tuple[int, ...]
     row_index: Tensor  # [row blocks, rows per block] word line of each slot; n_inputs = padding
     _delta: Tensor | None = field(default=None, repr=False)
+    _expansion: tuple[SeparableExpansion, list[Tensor]] | None = field(default=None, repr=False)
 
     @classmethod
     def from_matrices(cls, g_pos: Tensor, g_neg: Tensor, row_splits: tuple[int, ...], col_splits: tuple[int, ...]) -> TiledConductances:
@@ -102,12 +103,24 @@ class TiledConductances:
 
         return cls(blocks(g_pos), blocks(g_neg), tuple(row_splits), tuple(col_splits), index)
 
+    def expansion_deltas(self, expansion: SeparableExpansion) -> list[Tensor]:
+        """``ψ_k(G⁺) - ψ_k(G⁻)`` of every term of a separable expansion (cached unless training)."""
+        if self._expansion is not None and self._expansion[0] is expansion:
+            return self._expansion[1]
+        deltas = [p - n for p, n in zip(expansion.conductance_terms(self.g_pos), expansion.conductance_terms(self.g_neg))]
+        if not self.g_pos.requires_grad:
+            self._expansion = (expansion, deltas)
+        return deltas
+
     @property
     def delta(self) -> Tensor:
         """``g_pos - g_neg``, what a separable device's column current is linear in."""
-        if self._delta is None:
-            self._delta = self.g_pos - self.g_neg
-        return self._delta
+        if self._delta is not None:
+            return self._delta
+        delta = self.g_pos - self.g_neg
+        if not delta.requires_grad:
+            self._delta = delta
+        return delta
 
     def split_inputs(self, v: Tensor) -> Tensor:
         """``[batch, inputs]`` voltages → ``[row blocks, batch, rows per block]`` (padding at 0 V)."""
@@ -157,14 +170,25 @@ def currents_from_drive(
     *,
     read_noise_sigma: float = 0.0,
     generator: torch.Generator | None = None,
+    expansion: SeparableExpansion | None = None,
 ) -> Tensor:
     """:func:`bitline_currents` from :func:`word_line_drive` values ``[batch, inputs]``.
 
-    A separable device costs one batched matmul of ``g(V)`` with ``G⁺ - G⁻``; other devices are
-    evaluated per cell, in batch chunks. Read noise (each cell's current times ``1 + σ·ε``) is
-    added with its exact column variance ``σ²·Σ_i (f⁺² + f⁻²)``.
+    A separable device costs one batched matmul of ``g(V)`` with ``G⁺ - G⁻``; a non-separable one
+    given its ``expansion`` one matmul per term, ``Σ_k φ_k(V) @ (ψ_k(G⁺) - ψ_k(G⁻))``; otherwise
+    (and with read noise, whose variance does not expand) it is evaluated per cell, in batch
+    chunks. Read noise (each cell's current times ``1 + σ·ε``) is added with its exact column
+    variance ``σ²·Σ_i (f⁺² + f⁻²)``.
     """
     blocks = tiles.split_inputs(drive)
+    # The expansion holds up to v_max only; an ideal (unclipped) DAC may exceed it.
+    if not device.separable and expansion is not None and read_noise_sigma == 0 and float(drive.max()) <= expansion.v_max:
+        current = None
+        for phi, delta in zip(expansion.voltage_terms(blocks), tiles.expansion_deltas(expansion)):
+            term = torch.bmm(phi, delta)
+            current = term if current is None else current + term
+        assert current is not None
+        return current
     if device.separable:
         current = torch.bmm(blocks, tiles.delta)
         if read_noise_sigma > 0:

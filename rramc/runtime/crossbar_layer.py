@@ -11,6 +11,7 @@ from torch import Tensor
 
 from rramc.errors import RuntimeSimulationError
 from rramc.hardware.crossbar import TiledConductances, adc, currents_from_drive, dac, program_conductances, word_line_drive
+from rramc.hardware.devices import SeparableExpansion, cached_expansion
 from rramc.hardware.target import Target
 from rramc.ir import CrossbarConv2d, CrossbarOp, Node
 
@@ -69,6 +70,14 @@ class ProgrammedLayer:
         adc_range = None if op.adc_range is None else tiles.per_column(op.adc_range.to(device=device, dtype=dtype))
         return cls(node, op, target, tiles, adc_range)
 
+    @property
+    def expansion(self) -> SeparableExpansion | None:
+        """How a non-separable device is computed as matmuls (None: separable, or per cell)."""
+        if self.target.device.separable:
+            return None
+        c = self.target.conductance
+        return cached_expansion(self.target.device, self.target.crossbar.read_voltage, (c.g_min, c.g_max))
+
     def calibrated(self, op: CrossbarOp) -> None:
         """Take over the ADC ranges (and other settings) of a newly calibrated ``op``."""
         self.op = op
@@ -105,7 +114,8 @@ class ProgrammedLayer:
         phase_currents, restore = [], None
         for sign, part in parts:
             vectors, restore = to_matrix_input(self.op, self.drive(dac(part, self.op.dac_bits)))
-            current = currents_from_drive(vectors, self.tiles, self.target.device, read_noise_sigma=sigma, generator=generator)
+            current = currents_from_drive(vectors, self.tiles, self.target.device, read_noise_sigma=sigma,
+                                          generator=generator, expansion=self.expansion)
             phase_currents.append((sign, current))
         assert restore is not None
         return phase_currents, restore
