@@ -68,12 +68,19 @@ class Calibrate(Pass):
     applied in two read phases), ``gain`` (the conventional full-scale calibration: an input of
     1 gives the linear weighted sum) and an ``adc_range`` per tile from the tile's currents on
     the samples. The nominal chip is used: no programming variation, faults or read noise.
+    With ``gain=least_squares`` the gain and offset of every output are instead fitted, in the
+    least-squares sense, to the float layer's output on the samples: the best a smarter
+    calibration of a conventionally trained network can do. Input ranges fixed by
+    ``reconstruct`` (``meta["input_scale"]``) are kept.
     """
 
     name = "calibrate"
     samples: int = option("calibration samples used at most", 512)
     adc_percentile: float = option("percentile of |tile current| taken as an ADC's full scale", 100.0)
     input_percentile: float = option("percentile of |activation| taken as the full-scale input when unbounded", 100.0)
+    gain: str = option("neuron gain: full_scale (an input of 1 gives the linear sum) or least_squares "
+                       "(gain and offset per output fitted to the float layer on the samples)", "full_scale",
+                       ("full_scale", "least_squares"))
 
     def requires(self, graph: Graph, ctx: CompileContext) -> None:
         if ctx.calibration_data is None or len(ctx.calibration_data) == 0:
@@ -92,7 +99,7 @@ class Calibrate(Pass):
                                                                        "stuck_off_fraction", "stuck_on_fraction")})
         c = nominal.conductance
         response = full_scale_response(nominal.device, nominal.crossbar.read_voltage, c.g_min, c.g_max)
-        reference = Program(graph, mode="float")
+        reference = Program(graph, nominal, mode="float")
         bounds = static_bounds(graph)
         (graph_input,) = graph.inputs
         data = ctx.calibration_data[: self.samples].float()
@@ -105,23 +112,27 @@ class Calibrate(Pass):
                     continue
                 operands = [values[i] for i in node.inputs]
                 if isinstance(node.op, CrossbarOp):
-                    values[node.name] = self._calibrate_layer(node, operands[0], bounds[node.inputs[0]], nominal, response)
+                    values[node.name] = self._calibrate_layer(node, operands[0], bounds[node.inputs[0]], nominal, response, reference)
                 else:
                     values[node.name] = reference.evaluate_node(node, operands)
         return graph
 
-    def _calibrate_layer(self, node: Node, x: Tensor, bounds: Bounds, target: Target, response: float) -> Tensor:
-        op = node.op
-        assert isinstance(op, CrossbarOp)
+    def _input_range(self, node: Node, x: Tensor, bounds: Bounds) -> tuple[float, bool, str]:
+        """(input scale, signed, where it came from) of a crossbar layer."""
+        if "input_scale" in node.meta:  # fixed by the pass that trained the layer for it
+            return float(node.meta["input_scale"]), bool(node.meta["input_signed"]), "reconstruct"
         lo, hi = bounds
         if lo is not None and hi is not None and lo >= 0 and hi > 0:
-            scale, signed = hi, False
-        else:
-            scale = upper_percentile(x.abs(), self.input_percentile) or 1.0
-            signed = bool((x < 0).any())
+            return hi, False, "static"
+        return upper_percentile(x.abs(), self.input_percentile) or 1.0, bool((x < 0).any()), "calibrated"
+
+    def _calibrate_layer(self, node: Node, x: Tensor, bounds: Bounds, target: Target, response: float, reference: Program) -> Tensor:
+        op = node.op
+        assert isinstance(op, CrossbarOp)
+        scale, signed, source = self._input_range(node, x, bounds)
         gain = scale / (op.conductance_per_weight.double() * response)
-        node.op = op = op.replace(input_scale=float(scale), input_signed=signed, gain=gain.float(), adc_range=None)
-        node.meta["input_range"] = "static" if lo is not None and hi is not None and lo >= 0 and hi > 0 else "calibrated"
+        node.op = op = op.replace(input_scale=float(scale), input_signed=signed, gain=gain.float(), offset=None, adc_range=None)
+        node.meta["input_range"] = source
         layer = ProgrammedLayer.program(node, target, require_calibration=False)
         currents, restore = layer.currents(x, scale)
         if op.adc_bits is not None:
@@ -131,4 +142,22 @@ class Calibrate(Pass):
                                    for rb in range(magnitude.shape[1])])
             node.op = op = op.replace(adc_range=ranges)
             layer.calibrated(op)
-        return restore(layer.neuron(layer.digitize(currents)))
+        current = layer.digitize(currents)
+        if self.gain == "least_squares":
+            node.op = op = self._fit_gain(op, current, reference.evaluate_node(node, [x]))
+            layer.calibrated(op)
+        return restore(layer.neuron(current))
+
+    @staticmethod
+    def _fit_gain(op: CrossbarOp, current: Tensor, expected: Tensor) -> CrossbarOp:
+        """Per output, the gain and offset that best map the digitised current onto the float layer's output."""
+        outputs = current.shape[1]
+        target = expected.reshape(expected.shape[0], outputs, -1).transpose(1, 2).reshape(-1, outputs).double()
+        i = current.double()
+        i_mean, y_mean = i.mean(0), target.mean(0)
+        variance = ((i - i_mean) ** 2).mean(0)
+        covariance = ((i - i_mean) * (target - y_mean)).mean(0)
+        assert op.gain is not None
+        fitted = torch.where(variance > 0, covariance / variance.clamp_min(torch.finfo(torch.float64).tiny), op.gain.double())
+        offset = y_mean - fitted * i_mean
+        return op.replace(gain=fitted.float(), offset=offset.float())

@@ -4,40 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
-
 from rramc.errors import PassError
-from rramc.hardware.crossbar import snap_to_levels
-from rramc.hardware.target import Target
+from rramc.hardware.mapping import map_weights
 from rramc.ir import Conv2d, CrossbarConv2d, CrossbarLinear, Graph, Linear
 from rramc.pipeline import CompileContext, Pass, option
-
-
-def map_weights(weight: Tensor, target: Target, *, per_column: bool = True, levels: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """(g_pos, g_neg, conductance_per_weight) for a ``[outputs, inputs]`` weight matrix.
-
-    Conductances come back as ``[inputs, outputs]`` (word lines × bit lines). Differential
-    encoding: ``G± = g_min + c·max(±W, 0)`` with ``c`` chosen so the largest weight reaches
-    ``g_max``. Offset encoding: ``G = g_ref + c·W`` against a reference at ``g_ref`` (the level
-    nearest the middle of the window), so the largest weight reaches the window's edge.
-    """
-    c = target.conductance
-    levels = c.levels if levels is None else levels
-    w = weight.detach().to(torch.float64)
-    peak = w.abs().amax(dim=1) if per_column else w.abs().amax().expand(w.shape[0])
-    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
-    if target.crossbar.weight_encoding == "differential":
-        scale = (c.g_max - c.g_min) / peak
-        g_pos = snap_to_levels(c.g_min + scale[:, None] * w.clamp_min(0), c.g_min, c.g_max, levels)
-        g_neg = snap_to_levels(c.g_min + scale[:, None] * (-w).clamp_min(0), c.g_min, c.g_max, levels)
-    else:
-        g_ref = snap_to_levels(torch.tensor((c.g_min + c.g_max) / 2, dtype=torch.float64), c.g_min, c.g_max, levels)
-        half = float(min(c.g_max - g_ref, g_ref - c.g_min))
-        scale = half / peak
-        g_pos = snap_to_levels(g_ref + scale[:, None] * w, c.g_min, c.g_max, levels)
-        g_neg = g_ref.expand_as(g_pos).clone()
-    return g_pos.T.float().contiguous(), g_neg.T.float().contiguous(), scale.float()
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from rramc.datasets import Dataset
 from rramc.errors import PassError, RramcError
 from rramc.frontend import import_exported, import_module, load_model
 from rramc.hardware.target import Target, load_target
@@ -25,17 +26,21 @@ def compile(
     *,
     pipeline: str | Sequence[Pass] | None = None,
     calibration_data: torch.Tensor | None = None,
+    training_data: Dataset | None = None,
     seed: int = 0,
     skip: Sequence[str] = (),
     print_ir: bool = False,
     metadata: dict[str, Any] | None = None,
     pass_manager: PassManager | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda message: None,
 ) -> Executable:
     """Compile a network for a target and return the executable.
 
     ``model`` is an ``nn.Module`` (traced with torch.fx on ``example_input``), a
     ``torch.export`` program, an rramc :class:`Graph`, or a path to a ``.pt2`` archive.
-    ``calibration_data`` (a batch of representative inputs) defaults to ``example_input``.
+    ``calibration_data`` (a batch of representative inputs) defaults to ``example_input``;
+    ``training_data`` is the data set passes that train (``reconstruct``) use.
     ``pipeline`` is pipeline text or a list of passes (default: :func:`default_pipeline`).
     """
     start = time.perf_counter()
@@ -43,7 +48,8 @@ def compile(
     graph, source = _import(model, example_input)
     passes = parse_pipeline(pipeline) if isinstance(pipeline, str) else list(pipeline or default_pipeline())
     manager = pass_manager or PassManager(passes, skip=frozenset(skip), print_after_each=print_ir)
-    ctx = CompileContext(target, calibration_data if calibration_data is not None else example_input, seed=seed)
+    ctx = CompileContext(target, calibration_data if calibration_data is not None else example_input,
+                         training_data=training_data, seed=seed, progress=progress, log=log)
     manager.run(graph, ctx)
     exe = ctx.artifacts.get("executable")
     if not isinstance(exe, Executable):

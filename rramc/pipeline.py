@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from rramc.datasets import Dataset
 from rramc.errors import PassError, RramcError
 from rramc.hardware.target import Target
 from rramc.ir import Graph
@@ -28,12 +29,14 @@ from rramc.registry import Registry
 class CompileContext:
     """What passes may read besides the graph, and where they leave results.
 
-    ``calibration_data`` is a batch of representative network inputs; ``artifacts`` collects what
+    ``calibration_data`` is a batch of representative network inputs, ``training_data`` a data
+    set for passes that train (``reconstruct``); ``artifacts`` collects what
     passes produce for the caller (``emit`` leaves the executable under ``"executable"``).
     """
 
     target: Target
     calibration_data: torch.Tensor | None = None
+    training_data: Dataset | None = None
     seed: int = 0
     progress: bool = False
     log: Callable[[str], None] = lambda message: None
@@ -101,6 +104,7 @@ PASSES: Registry[type[Pass]] = Registry(
         "quantize": "rramc.passes.quantize:Quantize",
         "tile": "rramc.passes.tile:Tile",
         "calibrate": "rramc.passes.calibrate:Calibrate",
+        "reconstruct": "rramc.passes.reconstruct:Reconstruct",
         "emit": "rramc.passes.emit:Emit",
     },
 )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,7 @@ from rramc.datasets import Dataset
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """SGD with momentum and a cosine learning-rate schedule."""
+    """SGD with momentum; the learning rate constant or on a cosine schedule."""
 
     epochs: int = 10
     lr: float = 0.05
@@ -22,15 +23,31 @@ class TrainConfig:
     weight_decay: float = 0.0
     batch_size: int = 128
     seed: int = 0
+    schedule: str = "cosine"
 
 
 def accuracy(model: Callable[[Tensor], Tensor], dataset: Dataset, batch_size: int = 1024) -> float:
-    """Top-1 accuracy of ``model`` on ``dataset`` (inputs reshaped to the model's if needed)."""
+    """Top-1 accuracy of ``model`` on ``dataset``."""
     correct = 0
     with torch.no_grad():
         for x, y in dataset.batches(batch_size):
             correct += int((model(x).argmax(1) == y).sum())
     return correct / len(dataset)
+
+
+@contextmanager
+def progress_bar(total: int, description: str, enabled: bool) -> Iterator[Callable[[str], None]]:
+    """A rich progress bar over ``total`` steps; yields ``advance(status_text)``."""
+    if not enabled:
+        yield lambda status: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+               TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(description, total=total, status="")
+        yield lambda status: bar.update(task, advance=1, status=status)
 
 
 def train_classifier(
@@ -39,27 +56,37 @@ def train_classifier(
     config: TrainConfig,
     *,
     on_epoch: Callable[[int, float, float], None] | None = None,
+    progress: bool = False,
+    description: str = "training",
 ) -> nn.Module:
     """Train ``model`` with cross-entropy; deterministic for a given ``config.seed``.
 
-    ``on_epoch(epoch, mean loss, train accuracy)`` is called after every epoch.
+    ``on_epoch(epoch, mean loss, train accuracy)`` is called after every epoch; ``progress``
+    shows a bar over all batches with the running loss and accuracy.
     """
     torch.manual_seed(config.seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    steps = config.epochs * -(-len(train) // config.batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
-    for epoch in range(config.epochs):
-        model.train()
-        total_loss = correct = 0.0
-        for x, y in train.shuffled(config.seed * 1000 + epoch).batches(config.batch_size):
-            optimizer.zero_grad()
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total_loss += float(loss.detach()) * len(y)
-            correct += float((logits.argmax(1) == y).sum())
-        if on_epoch is not None:
-            on_epoch(epoch, total_loss / len(train), correct / len(train))
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    batches_per_epoch = -(-len(train) // config.batch_size)
+    schedule = None
+    if config.schedule == "cosine":
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * batches_per_epoch))
+    with progress_bar(config.epochs * batches_per_epoch, description, progress) as advance:
+        for epoch in range(config.epochs):
+            model.train()
+            total_loss = correct = seen = 0.0
+            for x, y in train.shuffled(config.seed * 1000 + epoch).batches(config.batch_size):
+                optimizer.zero_grad()
+                logits = model(x)
+                loss = nn.functional.cross_entropy(logits, y)
+                loss.backward()
+                optimizer.step()
+                if schedule is not None:
+                    schedule.step()
+                total_loss += float(loss.detach()) * len(y)
+                correct += float((logits.detach().argmax(1) == y).sum())
+                seen += len(y)
+                advance(f"epoch {epoch + 1}/{config.epochs} loss {total_loss / seen:.4f} acc {100 * correct / seen:.2f} %")
+            if on_epoch is not None:
+                on_epoch(epoch, total_loss / seen, correct / seen)
     return model.eval()

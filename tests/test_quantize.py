@@ -9,7 +9,7 @@ import torch.nn as nn
 from rramc.frontend import import_module
 from rramc.hardware import load_target
 from rramc.ir import CrossbarConv2d, CrossbarLinear, Linear
-from rramc.passes.quantize import map_weights
+from rramc.hardware.mapping import map_weights
 from rramc.pipeline import CompileContext, parse_pipeline, PassManager
 
 
@@ -69,3 +69,10 @@ def test_pass_lowers_every_layer_and_options_override_the_target(trained_cnn: nn
         assert op.adc_bits == 6 and op.dac_bits is None
         assert len(torch.unique(torch.cat([op.g_pos.flatten(), op.g_neg.flatten()]))) <= 4
         assert op.matrix_shape == (op.weight[0].numel(), op.weight.shape[0])
+
+
+def test_levels_zero_means_continuous_even_on_a_levelled_target() -> None:
+    torch.manual_seed(0)
+    graph = quantized(nn.Linear(30, 20), torch.rand(2, 30), load_target("rram_a"), "canonicalize,quantize{levels=0}")
+    (node,) = [n for n in graph if isinstance(n.op, CrossbarLinear)]
+    assert len(torch.unique(node.op.g_pos)) > 100  # not snapped to rram_a's 32 levels

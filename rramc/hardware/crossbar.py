@@ -182,7 +182,7 @@ def currents_from_drive(
     """
     blocks = tiles.split_inputs(drive)
     # The expansion holds up to v_max only; an ideal (unclipped) DAC may exceed it.
-    if not device.separable and expansion is not None and read_noise_sigma == 0 and float(drive.max()) <= expansion.v_max:
+    if not device.separable and expansion is not None and read_noise_sigma == 0 and float(drive.detach().max()) <= expansion.v_max:
         current = None
         for phi, delta in zip(expansion.voltage_terms(blocks), tiles.expansion_deltas(expansion)):
             term = torch.bmm(phi, delta)

@@ -323,7 +323,9 @@ class CrossbarOp(Op):
     The fields after the conductances are filled by later passes: ``tile`` sets ``row_splits`` and
     ``col_splits`` (the grid of array-sized tiles, partial sums added after the ADC), ``calibrate``
     sets ``input_scale`` (the activation applied as the full read voltage), ``gain`` (A → output
-    units, per output) and ``adc_range`` (full-scale current of each tile's ADC, in A).
+    units, per output), ``adc_range`` (full-scale current of each tile's ADC, in A) and, when it
+    fits the neuron to data, ``offset`` (added after the gain instead of ``bias``; ``bias``
+    stays the float layer's).
     """
 
     weight: Tensor
@@ -336,6 +338,7 @@ class CrossbarOp(Op):
     input_signed: bool = False
     input_scale: float | None = None
     gain: Tensor | None = None
+    offset: Tensor | None = None
     row_splits: tuple[int, ...] | None = None
     col_splits: tuple[int, ...] | None = None
     adc_range: Tensor | None = None
@@ -371,6 +374,7 @@ class CrossbarOp(Op):
         _check_vector("bias", self.bias, cols)
         _check_vector("conductance_per_weight", self.conductance_per_weight, cols)
         _check_vector("gain", self.gain, cols)
+        _check_vector("offset", self.offset, cols)
         if bool((self.g_pos < 0).any() or (self.g_neg < 0).any()):
             raise ValueError("conductances must be non-negative")
         for name, bits in (("dac_bits", self.dac_bits), ("adc_bits", self.adc_bits)):

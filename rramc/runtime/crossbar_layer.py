@@ -136,7 +136,8 @@ class ProgrammedLayer:
         """Gain and bias of the neuron circuit: current → the layer's output units."""
         assert self.op.gain is not None
         y = current * self.op.gain.to(current)
-        return y if self.op.bias is None else y + self.op.bias.to(current)
+        offset = self.op.bias if self.op.offset is None else self.op.offset
+        return y if offset is None else y + offset.to(current)
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         assert self.op.input_scale is not None

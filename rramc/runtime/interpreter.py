@@ -59,6 +59,10 @@ DIGITAL_KERNELS: dict[type, Callable[..., Tensor]] = {
 class Program:
     """A graph ready to execute in one mode; in chip mode, on one programmed chip instance.
 
+    In float mode a layer that ``reconstruct`` retrained for a device is evaluated through that
+    device's I-V (continuous conductances, ideal converters) when a target is given: that is the
+    network it was trained to be.
+
     ``seed`` fixes the chip instance (programming variation, stuck cells) and the read noise.
     """
 
@@ -91,6 +95,12 @@ class Program:
     def evaluate_node(self, node: Node, operands: list[Tensor]) -> Tensor:
         """The value of one node given its operands' values."""
         op = node.op
+        if self.mode == "float" and "reconstructed" in node.meta and self.target is not None:
+            # A layer retrained through the device computes W·x only on linear cells: its float
+            # model is the device-aware one.
+            from rramc.runtime.device_aware import device_reference
+
+            return device_reference(node, operands[0], self.target)
         if isinstance(op, CrossbarOp):
             if self.mode == "chip":
                 return self.layers[node.name](operands[0], self.generator)

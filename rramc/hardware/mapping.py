@@ -1,0 +1,52 @@
+"""Weights → conductance pairs: the mapping that ``quantize`` applies and ``reconstruct`` trains through."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from rramc.hardware.crossbar import snap_to_levels
+from rramc.hardware.target import Target
+
+
+def map_weights(
+    weight: Tensor,
+    target: Target,
+    *,
+    per_column: bool = True,
+    levels: int | None | Literal["target"] = "target",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(g_pos, g_neg, conductance_per_weight) for a ``[outputs, inputs]`` weight matrix.
+
+    Conductances come back as ``[inputs, outputs]`` (word lines × bit lines). Differential
+    encoding: ``G± = g_min + c·max(±W, 0)`` with ``c`` chosen so the largest weight reaches
+    ``g_max``. Offset encoding: ``G = g_ref + c·W`` against a reference at ``g_ref`` (the level
+    nearest the middle of the window), so the largest weight reaches the window's edge.
+    ``levels``: the target's, a number, or None for continuous conductances.
+
+    A weight that requires grad keeps its graph (levels pass gradients straight through; the
+    scale ``c`` is treated as a constant of each step), so training sees the same mapping.
+    """
+    c = target.conductance
+    n_levels = c.levels if levels == "target" else levels
+    training = weight.requires_grad
+    w = weight if training else weight.detach().to(torch.float64)
+    magnitude = w.detach().abs()
+    peak = magnitude.amax(dim=1) if per_column else magnitude.amax().expand(w.shape[0])
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+    if target.crossbar.weight_encoding == "differential":
+        scale = (c.g_max - c.g_min) / peak
+        g_pos = snap_to_levels(c.g_min + scale[:, None] * w.clamp_min(0), c.g_min, c.g_max, n_levels)
+        g_neg = snap_to_levels(c.g_min + scale[:, None] * (-w).clamp_min(0), c.g_min, c.g_max, n_levels)
+    else:
+        mid = torch.tensor((c.g_min + c.g_max) / 2, dtype=w.dtype, device=w.device)
+        g_ref = snap_to_levels(mid, c.g_min, c.g_max, n_levels)
+        half = float(min(c.g_max - g_ref, g_ref - c.g_min))
+        scale = half / peak
+        g_pos = snap_to_levels(g_ref + scale[:, None] * w, c.g_min, c.g_max, n_levels)
+        g_neg = g_ref.expand_as(g_pos).clone()
+    if training:
+        return g_pos.T, g_neg.T, scale
+    return g_pos.T.float().contiguous(), g_neg.T.float().contiguous(), scale.float()
