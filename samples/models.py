@@ -19,6 +19,21 @@ def mlp(*sizes: int, clipped: bool = False) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def paper_mlp() -> nn.Sequential:
+    """Kim et al.'s MLP 784-500-250-10 with clipped ReLU (MNIST-format 28×28 inputs)."""
+    return mlp(784, 500, 250, 10, clipped=True)
+
+
+def paper_deep_mlp() -> nn.Sequential:
+    """Kim et al.'s deep MLP 784-2500-2000-1500-1000-500-10 with clipped ReLU."""
+    return mlp(784, 2500, 2000, 1500, 1000, 500, 10, clipped=True)
+
+
+def paper_cifar_mlp() -> nn.Sequential:
+    """Kim et al.'s CIFAR-10 MLP 2352-4000-1000-4000-10 (images cropped to 28×28×3) with clipped ReLU."""
+    return mlp(2352, 4000, 1000, 4000, 10, clipped=True)
+
+
 def digits_mlp() -> nn.Sequential:
     """The shipped digits MLP: 64-128-64-10 with ReLU (a conventionally trained network)."""
     return mlp(64, 128, 64, 10)
@@ -41,6 +56,11 @@ class SmallCNN(nn.Module):
 
 def digits_cnn() -> SmallCNN:
     return SmallCNN(1, 8, 10)
+
+
+def mnist_cnn() -> SmallCNN:
+    """The small CNN for 28×28 grey images (MNIST, Fashion-MNIST)."""
+    return SmallCNN(1, 28, 10, width=16)
 
 
 class ResidualCNN(nn.Module):

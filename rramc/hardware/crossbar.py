@@ -96,6 +96,8 @@ class TiledConductances:
         index = torch.full((len(row_splits) - 1, height), n_in, dtype=torch.long, device=g_pos.device)
         for block, (a, b) in enumerate(zip(row_splits, row_splits[1:])):
             index[block, : b - a] = torch.arange(a, b, device=g_pos.device)
+        if len(row_splits) == 2:  # one block, no padding: views, no copies
+            return cls(g_pos.unsqueeze(0), g_neg.unsqueeze(0), tuple(row_splits), tuple(col_splits), index)
 
         def blocks(g: Tensor) -> Tensor:
             padded = torch.cat([g, g.new_zeros(1, g.shape[1])])

@@ -36,16 +36,20 @@ def map_weights(
     magnitude = w.detach().abs()
     peak = magnitude.amax(dim=1) if per_column else magnitude.amax().expand(w.shape[0])
     peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+    # The scale puts every conductance inside the window already; only levels need snapping.
+    def snap(g: Tensor) -> Tensor:
+        return g if n_levels is None else snap_to_levels(g, c.g_min, c.g_max, n_levels)
+
     if target.crossbar.weight_encoding == "differential":
         scale = (c.g_max - c.g_min) / peak
-        g_pos = snap_to_levels(c.g_min + scale[:, None] * w.clamp_min(0), c.g_min, c.g_max, n_levels)
-        g_neg = snap_to_levels(c.g_min + scale[:, None] * (-w).clamp_min(0), c.g_min, c.g_max, n_levels)
+        g_pos = snap(c.g_min + scale[:, None] * torch.relu(w))
+        g_neg = snap(c.g_min + scale[:, None] * torch.relu(-w))
     else:
         mid = torch.tensor((c.g_min + c.g_max) / 2, dtype=w.dtype, device=w.device)
-        g_ref = snap_to_levels(mid, c.g_min, c.g_max, n_levels)
+        g_ref = snap(mid)
         half = float(min(c.g_max - g_ref, g_ref - c.g_min))
         scale = half / peak
-        g_pos = snap_to_levels(g_ref + scale[:, None] * w, c.g_min, c.g_max, n_levels)
+        g_pos = snap(g_ref + scale[:, None] * w)
         g_neg = g_ref.expand_as(g_pos).clone()
     if training:
         return g_pos.T, g_neg.T, scale

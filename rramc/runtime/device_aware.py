@@ -9,6 +9,7 @@ from trainable float weights at every step. ``reconstruct`` trains it; the runti
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,18 @@ class InLoop:
     """the target's programming variation, stuck cells and read noise, redrawn every step"""
 
 
+@functools.lru_cache(maxsize=32)
+def nominal(target: Target) -> Target:
+    """``target`` without programming variation, faults and read noise."""
+    return target.with_changes(nonidealities=ZERO_NONIDEALITIES)
+
+
+@functools.lru_cache(maxsize=32)
+def _response(target: Target) -> float:
+    c = target.conductance
+    return full_scale_response(target.device, target.crossbar.read_voltage, c.g_min, c.g_max)
+
+
 def default_splits(n_rows: int, n_cols: int, target: Target) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The tiling the ``tile`` pass chooses by default."""
     from rramc.passes.tile import split_points
@@ -60,8 +73,7 @@ def device_layer(
     out_features = weight.shape[0]
     flat = weight.reshape(out_features, -1)
     g_pos, g_neg, scale = map_weights(flat, target, levels="target" if in_loop.levels else None)
-    c = target.conductance
-    response = full_scale_response(target.device, target.crossbar.read_voltage, c.g_min, c.g_max)
+    response = _response(target)
     if in_loop.converters:
         row_splits, col_splits = default_splits(flat.shape[1], out_features, target)
     else:
@@ -78,7 +90,7 @@ def device_layer(
     else:
         mapped = CrossbarLinear(**common)
     tiles = TiledConductances.from_matrices(g_pos, g_neg, row_splits, col_splits)
-    layer_target = target if in_loop.variation else target.with_changes(nonidealities=ZERO_NONIDEALITIES)
+    layer_target = target if in_loop.variation else nominal(target)
     per_column = None if adc_range is None else tiles.per_column(adc_range.to(g_pos))
     return ProgrammedLayer(node, mapped, layer_target, tiles, per_column)
 

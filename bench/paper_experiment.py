@@ -1,0 +1,97 @@
+"""The seed paper's experiment on real data: naive mapping vs reconstruction across nonlinearity.
+
+    python bench/paper_experiment.py --dataset fashion-mnist [--networks mlp,deep_mlp,cnn]
+        [--ks 2.5,7.5,20,70] [--periphery shipped|reference|both] [--out results.json]
+
+For each network: train it in float (5 epochs, SGD lr 0.1, momentum 0.9, batch 128, constant
+rate, seed 0); "ideal" is that network trained 3 epochs more (lr 0.05), the fair comparison
+for a reconstruction of 3 epochs. Then, for rram_a at every k and for rram_b, the chip accuracy
+on the test split of the naive mapping (full-scale and least-squares neuron calibration) and of
+the network reconstructed from the float one (3 epochs, lr 0.05, through the device I-V only).
+``--periphery shipped`` uses the targets as shipped (32 levels, 8-bit DAC/ADC); ``reference``
+uses continuous conductances and ideal converters, the conventions of shared/REFERENCE.md.
+Rows are printed as they finish and the JSON is rewritten after each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import rramc
+from rramc.samples import models
+from rramc.training import TrainConfig, accuracy, train_classifier
+
+NETWORKS = {"mlp": ("MLP 784-500-250-10", models.paper_mlp), "deep_mlp": ("MLP 784-2500-2000-1500-1000-500-10", models.paper_deep_mlp),
+            "cnn": ("CNN (2 conv + BN + clipped ReLU)", models.mnist_cnn)}
+REFERENCE_PERIPHERY = {"conductance": {"levels": None}, "crossbar": {"dac_bits": None, "adc_bits": None}}
+
+
+def targets(ks: list[float], periphery: str) -> list[tuple[str, rramc.Target]]:
+    chosen = []
+    for variant in (["shipped", "reference"] if periphery == "both" else [periphery]):
+        changes = REFERENCE_PERIPHERY if variant == "reference" else {}
+        suffix = "" if variant == "shipped" else " (continuous, ideal converters)"
+        for k in ks:
+            base = rramc.load_target("rram_a").with_changes(**changes) if changes else rramc.load_target("rram_a")
+            chosen.append((f"rram_a k={k:g}{suffix}", base.with_changes(device={"nonlinearity_k": k})))
+        rram_b = rramc.load_target("rram_b")
+        chosen.append((f"rram_b{suffix}", rram_b.with_changes(**changes) if changes else rram_b))
+    return chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--networks", default="mlp,deep_mlp,cnn")
+    parser.add_argument("--ks", default="2.5,7.5,20,70")
+    parser.add_argument("--periphery", choices=("shipped", "reference", "both"), default="shipped")
+    parser.add_argument("--float-epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--samples", type=int, help="train on this many samples only (quick runs)")
+    parser.add_argument("--out", type=Path, default=Path("paper_experiment.json"))
+    args = parser.parse_args()
+    train = rramc.load_dataset(args.dataset, "train", args.data_dir)
+    test = rramc.load_dataset(args.dataset, "test", args.data_dir)
+    if args.samples:
+        train = train.shuffled(0).take(args.samples)
+    calibration = train.shuffled(1).take(512).images
+    ks = [float(k) for k in args.ks.split(",")]
+    rows: list[dict] = []
+    print(f"{args.dataset}: {len(train)} train, {len(test)} test samples; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'network':36s} {'target':46s} {'ideal':>6s} {'naive':>6s} {'naive LS':>8s} {'recon':>6s} {'recon s':>8s}")
+    for key in args.networks.split(","):
+        title, factory = NETWORKS[key]
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        float_net = train_classifier(factory(), train, TrainConfig(epochs=args.float_epochs, lr=0.1, batch_size=128, schedule="constant"))
+        ideal_net = train_classifier(copy.deepcopy(float_net), train, TrainConfig(epochs=args.epochs, lr=0.05, batch_size=128, schedule="constant"))
+        float_acc, ideal_acc = accuracy(float_net, test), accuracy(ideal_net, test)
+        print(f"{title}: float {100 * float_acc:.2f} %, float +{args.epochs} epochs {100 * ideal_acc:.2f} % "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        for label, target in targets(ks, args.periphery):
+            naive = rramc.compile(float_net, target, calibration[:2], calibration_data=calibration).run(test)
+            naive_ls = rramc.compile(float_net, target, calibration[:2], calibration_data=calibration,
+                                     pipeline="canonicalize,quantize,tile,calibrate{gain=least_squares},emit").run(test)
+            start = time.perf_counter()
+            pipeline = f"canonicalize,reconstruct{{epochs={args.epochs},lr=0.05,batch_size=128}},quantize,tile,calibrate,emit"
+            recon = rramc.compile(float_net, target, calibration[:2], calibration_data=calibration, training_data=train,
+                                  pipeline=pipeline).run(test)
+            seconds = time.perf_counter() - start
+            row = {"network": title, "target": label, "float": float_acc, "ideal": ideal_acc, "naive": naive.chip_accuracy,
+                   "naive_least_squares": naive_ls.chip_accuracy, "reconstructed": recon.chip_accuracy,
+                   "reconstructed_model": recon.float_accuracy, "reconstruct_seconds": round(seconds, 1)}
+            rows.append(row)
+            print(f"{title:36s} {label:46s} {100 * ideal_acc:6.2f} {100 * naive.chip_accuracy:6.2f} "
+                  f"{100 * naive_ls.chip_accuracy:8.2f} {100 * recon.chip_accuracy:6.2f} {seconds:8.0f}", flush=True)
+            args.out.write_text(json.dumps({"dataset": args.dataset, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
