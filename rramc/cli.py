@@ -77,6 +77,15 @@ def compile(
     print_ir: Annotated[bool, typer.Option("--print-ir", help="print the IR after every pass")] = False,
     time_passes: Annotated[bool, typer.Option("--time-passes", help="print how long each pass took")] = False,
     seed: Annotated[int, typer.Option(help="seed for passes that draw random numbers")] = 0,
+    reconstruct: Annotated[bool, typer.Option("--reconstruct", help="retrain the network through the target's device I-V (Kim et al.)")] = False,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="training data set for --reconstruct [default: the calibration data set]")] = None,
+    epochs: Annotated[int, typer.Option(help="--reconstruct: training epochs")] = 3,
+    optimizer: Annotated[str, typer.Option(help="--reconstruct: adam, or sgd (momentum 0.9)")] = "adam",
+    lr: Annotated[Optional[float], typer.Option(help="--reconstruct: learning rate [default: 0.001 adam, 0.05 sgd]")] = None,
+    batch_size: Annotated[int, typer.Option(help="--reconstruct: samples per step")] = 128,
+    init: Annotated[str, typer.Option(help="--reconstruct: finetune the trained weights or train from scratch")] = "finetune",
+    train_samples: Annotated[Optional[int], typer.Option(help="--reconstruct: use at most this many training samples")] = None,
+    in_loop: Annotated[Optional[str], typer.Option(help="--reconstruct: also train through levels,converters,variation (comma-separated)")] = None,
 ) -> None:
     """Compile MODEL for a target into one executable file."""
     import torch
@@ -93,18 +102,32 @@ def compile(
     if shape is None and dataset_name is not None and model.suffix != ".pt2":
         shape = load_dataset(dataset_name, "train", data_dir).sample_shape
     loaded = load_model(model, factory=factory, trust_pickle=trust_pickle, input_shape=shape)
-    dataset_name = dataset_name or loaded.metadata.get("dataset")
+    dataset_name = dataset_name or dataset or loaded.metadata.get("dataset")
+    if dataset_name is None and reconstruct:
+        raise RramcError(f"--reconstruct needs a training data set: pass --dataset DATASET (digits, mnist, fashion-mnist, cifar10); "
+                         f"{model} does not record one")
     if dataset_name is None:
         raise RramcError(f"{model}: calibration needs sample data; pass --calibration DATASET (digits, mnist, fashion-mnist, cifar10)")
-    calibration_set = load_dataset(dataset_name, "train", data_dir).shuffled(seed).take(calibration_samples)
+    crop = loaded.metadata.get("crop")
+    calibration_set = _maybe_crop(load_dataset(dataset_name, "train", data_dir), crop).shuffled(seed).take(calibration_samples)
     from rramc.runtime.evaluate import fit_inputs
 
     (graph_input,) = loaded.graph.inputs
     samples = fit_inputs(calibration_set.images, graph_input.shape, dataset_name)
     pipeline = parse_pipeline(passes) if passes is not None else default_pipeline()
+    training = None
+    if reconstruct:
+        training_name = dataset or dataset_name
+        training = _maybe_crop(load_dataset(training_name, "train", data_dir), crop)
+        fit_inputs(training.images[:1], graph_input.shape, training_name)
+        pipeline = _with_reconstruct(pipeline, epochs=epochs, optimizer=optimizer, lr=lr, batch_size=batch_size, seed=seed, init=init,
+                                     samples=train_samples, in_loop=in_loop)
+    elif dataset is not None:
+        raise RramcError("--dataset names the training data of --reconstruct; to calibrate on a data set use --calibration")
     manager = PassManager(pipeline, skip=frozenset(skip or ()), print_after_each=print_ir,
                           print_ir=lambda name, text: console.print(f"[bold]// IR after {name}[/]\n{text}", highlight=False))
-    exe = compile_model(loaded.graph, target_spec, calibration_data=samples, seed=seed, pass_manager=manager,
+    exe = compile_model(loaded.graph, target_spec, calibration_data=samples, training_data=training, seed=seed, pass_manager=manager,
+                        progress=sys.stderr.isatty(), log=lambda text: console.print(text, highlight=False),
                         metadata={"source": str(model), "calibration": dataset_name, **{f"model.{k}": v for k, v in loaded.metadata.items()}})
     output = output or Path(model.name).with_suffix(".rramx")
     exe.save(output)
@@ -116,6 +139,28 @@ def compile(
             table.add_row(name, f"{seconds:.4f}")
         console.print(table)
     del torch
+
+
+def _maybe_crop(data: Any, crop: int | None) -> Any:
+    return data.center_crop(crop) if crop and data.sample_shape[-1] > crop else data
+
+
+def _with_reconstruct(pipeline: list[Any], **options: Any) -> list[Any]:
+    """Insert a configured ``reconstruct`` pass after ``canonicalize`` (or first)."""
+    from rramc.pipeline import make_pass
+
+    if any(p.name == "reconstruct" for p in pipeline):
+        raise RramcError("--reconstruct: the pipeline already has a reconstruct pass; configure it there instead")
+    in_loop = [x.strip() for x in (options.pop("in_loop") or "").split(",") if x.strip()]
+    unknown = sorted(set(in_loop) - {"levels", "converters", "variation"})
+    if unknown:
+        raise RramcError(f"--in-loop: unknown {', '.join(unknown)}; choose from levels, converters, variation")
+    values = {k: v for k, v in options.items() if v is not None}
+    values.update({name: True for name in in_loop})
+    reconstruct = make_pass("reconstruct", values)
+    names = [p.name for p in pipeline]
+    at = names.index("canonicalize") + 1 if "canonicalize" in names else 0
+    return [*pipeline[:at], reconstruct, *pipeline[at:]]
 
 
 @app.command()
@@ -220,6 +265,68 @@ def targets(
         return
     for spec in [name] if name else builtin_targets():
         console.print(load_target(spec).describe(), highlight=False)
+
+
+@app.command()
+@reports_errors
+def sweep(
+    model: Annotated[Path, typer.Argument(help="a .pt2 archive (or a state_dict with --model)")],
+    target: Annotated[str, typer.Option("--target", "-t", help="base target (YAML file or builtin name)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="directory for sweep.csv, sweep.json and the plots")],
+    dataset: DatasetOption = None,
+    data_dir: DataDirOption = None,
+    factory: Annotated[Optional[str], typer.Option("--model", "-m", help="module:function building the network, for a state_dict")] = None,
+    k: Annotated[Optional[str], typer.Option("--k", help="nonlinearities k to sweep, e.g. 2.5,7.5,20,70")] = None,
+    read_voltage: Annotated[Optional[str], typer.Option("--read-voltage", help="read voltages [V] to sweep")] = None,
+    adc_bits: Annotated[Optional[str], typer.Option("--adc-bits", help="ADC resolutions to sweep")] = None,
+    axis: Annotated[Optional[list[str]], typer.Option("--axis", help="any field: section.field=v1,v2 (repeatable)")] = None,
+    epochs: Annotated[int, typer.Option(help="reconstruction epochs at each point")] = 3,
+    optimizer: Annotated[str, typer.Option(help="reconstruction optimizer: adam, or sgd (momentum 0.9)")] = "adam",
+    lr: Annotated[Optional[float], typer.Option(help="reconstruction learning rate [default: 0.001 adam, 0.05 sgd]")] = None,
+    train_samples: Annotated[Optional[int], typer.Option(help="train on at most this many samples")] = None,
+    test_samples: Annotated[Optional[int], typer.Option(help="evaluate on at most this many test samples")] = None,
+    reconstruct: Annotated[bool, typer.Option("--reconstruct/--no-reconstruct", help="include the reconstructed network")] = True,
+    seed: Annotated[int, typer.Option(help="seed of calibration sampling and training")] = 0,
+) -> None:
+    """Accuracy of the conventional mapping vs the reconstructed network across chip settings."""
+    from rramc.datasets import load_dataset
+    from rramc.frontend import load_model
+    from rramc.hardware import load_target
+    from rramc.sweep import grid_targets, parse_axis, run_sweep
+    from rramc.training import progress_bar
+
+    texts = [f"{name}={values}" for name, values in (("k", k), ("read_voltage", read_voltage), ("adc_bits", adc_bits)) if values]
+    axes = dict(parse_axis(text) for text in [*texts, *(axis or [])])
+    if not axes:
+        raise RramcError("sweep: give at least one axis (--k, --read-voltage, --adc-bits or --axis section.field=v1,v2)")
+    base = load_target(target)
+    grid_targets(base, axes)  # every point valid before any work
+    if output.exists() and not output.is_dir():
+        raise RramcError(f"--output {output} exists and is not a directory")
+    loaded_meta = load_model(model, factory=factory, input_shape=None if model.suffix == ".pt2" else
+                             load_dataset(dataset or "digits", "train", data_dir).sample_shape)
+    name = dataset or loaded_meta.metadata.get("dataset")
+    if name is None:
+        raise RramcError(f"{model}: give the data set to train and evaluate on (--dataset)")
+    train = _maybe_crop(load_dataset(name, "train", data_dir), loaded_meta.metadata.get("crop"))
+    test = _maybe_crop(load_dataset(name, "test", data_dir), loaded_meta.metadata.get("crop"))
+    if train_samples:
+        train = train.shuffled(seed).take(train_samples)
+    if test_samples:
+        test = test.take(test_samples)
+    from rramc.runtime.evaluate import fit_inputs
+
+    fit_inputs(test.images[:1], loaded_meta.graph.inputs[0].shape, name)
+    points = 1
+    for values in axes.values():
+        points *= len(values)
+    steps = points * (3 if reconstruct else 2)
+    with progress_bar(steps, "sweep", sys.stderr.isatty()) as advance:
+        result = run_sweep(loaded_meta.graph, base, train, test, axes, epochs=epochs, optimizer=optimizer, lr=lr, seed=seed,
+                           reconstruct=reconstruct,
+                           on_step=lambda text: (advance(text), console.print(text, highlight=False)))
+    for path in result.write(output):
+        console.print(f"wrote {path}")
 
 
 @app.command()

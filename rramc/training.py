@@ -15,10 +15,11 @@ from rramc.datasets import Dataset
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """SGD with momentum; the learning rate constant or on a cosine schedule."""
+    """SGD with momentum or Adam; the learning rate constant or on a cosine schedule."""
 
     epochs: int = 10
     lr: float = 0.05
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 128
@@ -66,7 +67,10 @@ def train_classifier(
     """
     torch.manual_seed(config.seed)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     batches_per_epoch = -(-len(train) // config.batch_size)
     schedule = None
     if config.schedule == "cosine":

@@ -33,7 +33,7 @@ def map_weights(
     n_levels = c.levels if levels == "target" else levels
     training = weight.requires_grad
     w = weight if training else weight.detach().to(torch.float64)
-    magnitude = w.detach().abs()
+    magnitude = w.abs()  # in training, the scale moves with the largest weight: gradients see it
     peak = magnitude.amax(dim=1) if per_column else magnitude.amax().expand(w.shape[0])
     peak = torch.where(peak > 0, peak, torch.ones_like(peak))
     # The scale puts every conductance inside the window already; only levels need snapping.

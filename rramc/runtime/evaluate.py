@@ -98,7 +98,15 @@ def evaluate(
                             relative(sq_local[node.name], node.name), relative(sq_total[node.name], node.name))
                 for node in layers],
         seconds=time.perf_counter() - start, target_description=exe.target.describe(),
+        reference=_reference_label(exe),
     )
+
+
+def _reference_label(exe: Executable) -> str:
+    trained_for = {str(n.meta["reconstructed"].get("target")) for n in exe.graph if "reconstructed" in n.meta}
+    if not trained_for:
+        return "float (PyTorch)"
+    return f"float, device-aware (reconstructed for {', '.join(sorted(trained_for))})"
 
 
 def _progress(batches, total: int, enabled: bool, label: str):  # type: ignore[no-untyped-def]

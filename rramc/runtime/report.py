@@ -46,6 +46,9 @@ class Report:
     layers: list[LayerReport] = field(default_factory=list)
     seconds: float = 0.0
     target_description: str = ""
+    reference: str = "float (PyTorch)"
+    """What the float accuracy is of: the PyTorch network, or for a reconstructed network its
+    device-aware model (its I-V with continuous conductances and ideal converters)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,7 +69,7 @@ class Report:
         console.print(f"[bold]{self.dataset}[/] ({self.split}, {self.samples} samples) on [bold]{self.target}[/], chip seed {self.seed}")
         if self.target_description:
             console.print(f"  {self.target_description}", style="dim")
-        console.print(f"  float (PyTorch) accuracy : {100 * self.float_accuracy:6.2f} %")
+        console.print(f"  {self.reference + ' accuracy':25s}: {100 * self.float_accuracy:6.2f} %")
         console.print(f"  simulated chip accuracy  : {100 * self.chip_accuracy:6.2f} %   "
                       f"({100 * (self.chip_accuracy - self.float_accuracy):+.2f} points)")
         console.print(f"  same prediction as float : {100 * self.agreement:6.2f} %")

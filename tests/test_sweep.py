@@ -1,0 +1,111 @@
+"""rramc sweep and rramc compile --reconstruct from the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import rramc
+from rramc.cli import app
+from rramc.frontend import save_exported
+from rramc.samples import models
+from rramc.sweep import parse_axis
+from rramc.training import TrainConfig, train_classifier
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory, digits_train) -> Path:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = train_classifier(models.mlp(64, 32, 10, clipped=True), digits_train, TrainConfig(epochs=10, batch_size=64))
+    path = tmp_path_factory.mktemp("models") / "mlp.pt2"
+    save_exported(model, digits_train.images[:1], path, dataset="digits")
+    return path
+
+
+def invoke(*args: str):  # type: ignore[no-untyped-def]
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_sweep_writes_table_json_and_plots(model_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    result = invoke("sweep", str(model_file), "-t", "rram_a", "-o", str(out), "--k", "2.5,20", "--adc-bits", "6,8",
+                    "--epochs", "1", "--train-samples", "300", "--test-samples", "120")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [(r["device.nonlinearity_k"], r["crossbar.adc_bits"]) for r in rows] == [("2.5", "6"), ("2.5", "8"), ("20", "6"), ("20", "8")]
+    assert set(rows[0]) == {"device.nonlinearity_k", "crossbar.adc_bits", "float", "naive", "naive_least_squares", "reconstructed"}
+    data = json.loads((out / "sweep.json").read_text())
+    assert data["axes"] == {"device.nonlinearity_k": [2.5, 20], "crossbar.adc_bits": [6, 8]}
+    k20 = [r for r in data["rows"] if r["device.nonlinearity_k"] == 20]
+    k25 = [r for r in data["rows"] if r["device.nonlinearity_k"] == 2.5]
+    assert sum(r["naive"] for r in k20) < sum(r["naive"] for r in k25)  # more nonlinear: the naive mapping loses more
+    for name in ("sweep_nonlinearity_k.png", "sweep_adc_bits.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_impossible_sweep_grids_fail_before_any_work(model_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    for args, message in [
+        (("--k", "1.5,7.5"), "sweep grid point {'device.nonlinearity_k': 1.5} is impossible"),
+        (("--read-voltage", "0,1"), "field 'crossbar.read_voltage': got 0"),
+        (("--adc-bits", "1"), "field 'crossbar.adc_bits': got 1"),
+        (("--axis", "chip.rows=4"), "unknown section 'chip'"),
+        (("--axis", "crossbar.rows"), "expected section.field=v1,v2"),
+        (("--axis", "crossbar.rows=a"), "'a' is not a number"),
+        ((), "give at least one axis"),
+    ]:
+        result = invoke("sweep", str(model_file), "-t", "rram_a", "-o", str(out), *args)
+        assert result.exit_code == 1 and message in result.output, (args, result.output)
+        assert not out.exists()
+    result = invoke("sweep", str(model_file), "-t", "rram_b", "-o", str(out), "--k", "7.5")
+    assert result.exit_code == 1 and "unknown field(s) nonlinearity_k" in result.output
+
+
+def test_parse_axis_shortcuts() -> None:
+    assert parse_axis("k=2.5,7.5") == ("device.nonlinearity_k", [2.5, 7.5])
+    assert parse_axis("crossbar.dac_bits=4,null") == ("crossbar.dac_bits", [4, None])
+
+
+def test_compile_with_reconstruct_from_the_cli(model_file: Path, tmp_path: Path, digits_test) -> None:  # type: ignore[no-untyped-def]
+    naive, rebuilt = tmp_path / "naive.rramx", tmp_path / "rebuilt.rramx"
+    assert invoke("compile", str(model_file), "-t", "rram_a", "-o", str(naive)).exit_code == 0
+    result = invoke("compile", str(model_file), "-t", "rram_a", "-o", str(rebuilt), "--reconstruct", "--epochs", "4", "--optimizer", "sgd", "--lr", "0.05",
+                    "--batch-size", "64", "--in-loop", "converters")
+    assert result.exit_code == 0, result.output
+    assert "reconstruct for rram_a: epoch 4/4" in result.output
+    exe = rramc.load_executable(rebuilt)
+    assert "reconstruct{epochs=4,optimizer=sgd,lr=0.05,batch_size=64,converters=true}" in exe.metadata["pipeline"]
+    assert exe.run(digits_test).chip_accuracy > rramc.load_executable(naive).run(digits_test).chip_accuracy
+    report = invoke("run", str(rebuilt))
+    assert "device-aware (reconstructed for rram_a)" in report.output
+
+
+def test_compile_reconstruct_bad_input(model_file: Path, tmp_path: Path, digits_train) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "m.rramx"
+    bare = tmp_path / "bare.pt2"
+    save_exported(models.mlp(64, 10), digits_train.images[:1], bare)  # records no data set
+    cases = [
+        ((str(bare), "--reconstruct"), "--reconstruct needs a training data set"),
+        ((str(model_file), "--reconstruct", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path)), "fashion-mnist"),
+        ((str(model_file), "--reconstruct", "--in-loop", "noise"), "--in-loop: unknown noise"),
+        ((str(model_file), "--reconstruct", "--epochs", "-1"), "epochs=-1: must be at least 0"),
+        ((str(model_file), "--dataset", "digits"), "--dataset names the training data of --reconstruct"),
+    ]
+    for args, message in cases:
+        result = invoke("compile", *args, "-t", "rram_a", "-o", str(out))
+        assert result.exit_code == 1 and message in result.output, (args, result.output)
+        assert not out.exists()
+    power = tmp_path / "power.yaml"
+    power.write_text("name: p\ndevice: {model: power, exponent: 0.5}\nconductance: {g_min: 1.0e-6, g_max: 1.0e-4}\n"
+                     "crossbar: {rows: 64, cols: 64, read_voltage: 1.0}\n")
+    result = invoke("compile", str(model_file), "-t", str(power), "-o", str(out), "--reconstruct")
+    assert result.exit_code == 1 and "not differentiable with this device.exponent" in result.output
