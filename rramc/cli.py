@@ -182,7 +182,7 @@ def run(
     from rramc.runtime.executable import load_executable
 
     exe = load_executable(executable)
-    data = load_dataset(dataset or "digits", split, data_dir, download=download)
+    data = _maybe_crop(load_dataset(dataset or "digits", split, data_dir, download=download), exe.metadata.get("model.crop"))
     report = exe.run(data, batch_size=batch_size, seed=seed, device=_torch_device(device), limit=limit, progress=sys.stderr.isatty())
     report.render(console)
     if json_path is not None:
@@ -215,6 +215,9 @@ def inspect(
     exe = load_executable(executable)
     console.print(f"[bold]{executable}[/]  (compiled from {exe.metadata.get('source', '?')}, pipeline {exe.metadata.get('pipeline', '?')})")
     console.print(f"target {exe.target.describe()}", highlight=False)
+    note = exe.device_evaluation()
+    if note:
+        console.print(note, highlight=False)
     if ir:
         console.print(str(exe.graph), highlight=False)
     usage = exe.array_usage()

@@ -97,7 +97,7 @@ def evaluate(
                             node.op.matrix_shape, len(node.op.tiles()),  # type: ignore[attr-defined]
                             relative(sq_local[node.name], node.name), relative(sq_total[node.name], node.name))
                 for node in layers],
-        seconds=time.perf_counter() - start, target_description=exe.target.describe(),
+        seconds=time.perf_counter() - start, target_description=" ".join(filter(None, [exe.target.describe(), exe.device_evaluation()])),
         reference=_reference_label(exe),
     )
 

@@ -72,6 +72,20 @@ class Executable:
 
     # --- layout --------------------------------------------------------------------------------
 
+    def device_evaluation(self) -> str:
+        """How the runtime computes a non-separable device, with the expansion's measured error."""
+        from rramc.hardware.devices import cached_expansion
+
+        device = self.target.device
+        if device.separable:
+            return ""
+        c = self.target.conductance
+        expansion = cached_expansion(device, self.target.crossbar.read_voltage, (c.g_min, c.g_max))
+        if expansion is None:
+            return f"device '{device.model}' is not separable: evaluated per cell"
+        return (f"device '{device.model}' is not separable: evaluated as {expansion.description} (one matmul per term), "
+                f"max error {expansion.max_error:.1e} of full-scale current; per cell with read noise")
+
     def array_count(self) -> int:
         return sum(len(n.op.tiles()) for n in self.graph.nodes_of(CrossbarOp))  # type: ignore[attr-defined]
 
