@@ -14,8 +14,8 @@ import torch
 
 from rramc.datasets import Dataset, load_dataset
 from rramc.errors import PassError
-from rramc.passes.calibrate import static_bounds, upper_percentile
 from rramc.ir import Clamp, Conv2d, CrossbarOp, Graph, Linear, ReLU
+from rramc.passes.calibrate import static_bounds, upper_percentile
 from rramc.pipeline import CompileContext, Pass, option
 from rramc.runtime.device_aware import DeviceAwareNetwork, InLoop
 from rramc.runtime.evaluate import fit_inputs

@@ -88,8 +88,6 @@ def compile(
     in_loop: Annotated[Optional[str], typer.Option(help="--reconstruct: also train through levels,converters,variation (comma-separated)")] = None,
 ) -> None:
     """Compile MODEL for a target into one executable file."""
-    import torch
-
     from rramc.compiler import compile as compile_model
     from rramc.datasets import load_dataset
     from rramc.frontend import load_model
@@ -138,7 +136,6 @@ def compile(
         for name, seconds in manager.timings:
             table.add_row(name, f"{seconds:.4f}")
         console.print(table)
-    del torch
 
 
 def _maybe_crop(data: Any, crop: int | None) -> Any:

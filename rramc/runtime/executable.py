@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -13,6 +13,10 @@ from rramc.hardware.target import Target
 from rramc.ir import CrossbarOp, Graph
 from rramc.runtime.file_format import deserialize, serialize, write_atomically
 from rramc.runtime.interpreter import Mode, Program
+from rramc.runtime.report import Report
+
+if TYPE_CHECKING:
+    from rramc.datasets import Dataset
 
 
 class Executable:
@@ -45,7 +49,7 @@ class Executable:
         """The float network's outputs for a batch."""
         return self.program("float")(x)
 
-    def run(self, dataset: Any, **options: Any) -> Any:
+    def run(self, dataset: Dataset, **options: Any) -> Report:
         """Evaluate on a :class:`~rramc.datasets.Dataset`; see :func:`rramc.runtime.evaluate.evaluate`."""
         from rramc.runtime.evaluate import evaluate
 
