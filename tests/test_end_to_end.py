@@ -75,3 +75,19 @@ def test_a_network_with_unbounded_negative_inputs_runs(digits_train, digits_test
     x = (digits_train.images - mean) / std
     exe = rramc.compile(model, "ideal", x[:128])
     torch.testing.assert_close(exe(x[:64]), model(x[:64]).detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_tiles_that_never_carry_current_give_zero_not_nan() -> None:
+    """An output whose weights are all zero (or whose inputs are all dead) has an ADC range of 0."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.Hardtanh(0.0, 1.0), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].weight[2:] = 0.0  # two outputs that never carry current
+        model[2].weight[:, 2:] = 0.0
+    x = torch.rand(32, 6)
+    exe = rramc.compile(model, "rram_a", x, pipeline="canonicalize,quantize,tile{cols=2},calibrate,emit")
+    first = exe.graph.nodes_of(rramc.ir.CrossbarOp)[0].op
+    assert float(first.adc_range[0, 1]) == 0.0
+    out = exe.program("chip").trace(x)
+    assert torch.isfinite(out[exe.graph.output.name]).all()
+    torch.testing.assert_close(out["0"][:, 2:], model[0].bias[2:].detach().expand(32, 2))

@@ -47,9 +47,11 @@ def adc(current: Tensor, full_scale: Tensor, bits: int | None) -> Tensor:
     steps = (1 << (bits - 1)) - 1
     full_scale = full_scale.clamp_min(torch.finfo(current.dtype).tiny)
     clipped = torch.maximum(torch.minimum(current, full_scale), -full_scale)
+    # Divide, not multiply by steps/full_scale: a tile that never carried current has a range of
+    # `tiny`, whose reciprocal overflows to inf (and 0·inf is NaN).
     if not clipped.requires_grad:
-        return torch.round(clipped * (steps / full_scale)).mul_(full_scale / steps)
-    return straight_through(clipped, torch.round(clipped * (steps / full_scale)) * (full_scale / steps))
+        return torch.round(clipped / full_scale * steps).mul_(full_scale / steps)
+    return straight_through(clipped, torch.round(clipped / full_scale * steps) * (full_scale / steps))
 
 
 def snap_to_levels(g: Tensor, g_min: float, g_max: float, levels: int | None) -> Tensor:
