@@ -1,7 +1,7 @@
 """The seed paper's experiment on real data: naive mapping vs reconstruction across nonlinearity.
 
     python bench/paper_experiment.py --dataset fashion-mnist [--networks mlp,deep_mlp,cnn]
-        [--ks 2.5,7.5,20,70] [--periphery shipped|reference|both] [--out results.json]
+        [--targets rram_a,rram_b] [--ks 2.5,7.5,20,70] [--periphery shipped|reference|both] [--out results.json]
 
 For each network: train it in float (5 epochs, SGD lr 0.1, momentum 0.9, batch 128, constant
 rate, seed 0); "ideal" is that network trained 3 epochs more (lr 0.05), the fair comparison
@@ -33,16 +33,18 @@ NETWORKS = {"mlp": ("MLP 784-500-250-10", models.paper_mlp), "deep_mlp": ("MLP 7
 REFERENCE_PERIPHERY = {"conductance": {"levels": None}, "crossbar": {"dac_bits": None, "adc_bits": None}}
 
 
-def targets(ks: list[float], periphery: str) -> list[tuple[str, rramc.Target]]:
+def targets(families: list[str], ks: list[float], periphery: str) -> list[tuple[str, rramc.Target]]:
     chosen = []
     for variant in (["shipped", "reference"] if periphery == "both" else [periphery]):
         changes = REFERENCE_PERIPHERY if variant == "reference" else {}
         suffix = "" if variant == "shipped" else " (continuous, ideal converters)"
-        for k in ks:
-            base = rramc.load_target("rram_a").with_changes(**changes) if changes else rramc.load_target("rram_a")
-            chosen.append((f"rram_a k={k:g}{suffix}", base.with_changes(device={"nonlinearity_k": k})))
-        rram_b = rramc.load_target("rram_b")
-        chosen.append((f"rram_b{suffix}", rram_b.with_changes(**changes) if changes else rram_b))
+        if "rram_a" in families:
+            for k in ks:
+                base = rramc.load_target("rram_a").with_changes(**changes) if changes else rramc.load_target("rram_a")
+                chosen.append((f"rram_a k={k:g}{suffix}", base.with_changes(device={"nonlinearity_k": k})))
+        if "rram_b" in families:
+            rram_b = rramc.load_target("rram_b")
+            chosen.append((f"rram_b{suffix}", rram_b.with_changes(**changes) if changes else rram_b))
     return chosen
 
 
@@ -51,6 +53,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--networks", default="mlp,deep_mlp,cnn")
+    parser.add_argument("--targets", default="rram_a,rram_b",
+                        help="target families: rram_a (swept over --ks) and/or rram_b")
     parser.add_argument("--ks", default="2.5,7.5,20,70")
     parser.add_argument("--periphery", choices=("shipped", "reference", "both"), default="shipped")
     parser.add_argument("--float-epochs", type=int, default=5)
@@ -60,6 +64,11 @@ def main() -> None:
                         help="reconstruction optimizer: adam (lr 0.001, rramc's default) or sgd (lr 0.05, the seed paper's)")
     parser.add_argument("--out", type=Path, default=Path("paper_experiment.json"))
     args = parser.parse_args()
+    families = args.targets.split(",")
+    if unknown := set(families) - {"rram_a", "rram_b"}:
+        parser.error(f"--targets: unknown {sorted(unknown)}; allowed: rram_a, rram_b")
+    if unknown := set(args.networks.split(",")) - set(NETWORKS):
+        parser.error(f"--networks: unknown {sorted(unknown)}; allowed: {', '.join(NETWORKS)}")
     train = rramc.load_dataset(args.dataset, "train", args.data_dir)
     test = rramc.load_dataset(args.dataset, "test", args.data_dir)
     if args.samples:
@@ -80,7 +89,7 @@ def main() -> None:
         float_acc, ideal_acc = accuracy(float_net, test), accuracy(ideal_net, test)
         print(f"{title}: float {100 * float_acc:.2f} %, float +{args.epochs} epochs {100 * ideal_acc:.2f} % "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
-        for label, target in targets(ks, args.periphery):
+        for label, target in targets(families, ks, args.periphery):
             naive = rramc.compile(float_net, target, calibration[:2], calibration_data=calibration).run(test)
             naive_ls = rramc.compile(float_net, target, calibration[:2], calibration_data=calibration,
                                      pipeline="canonicalize,quantize,tile,calibrate{gain=least_squares},emit").run(test)
