@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -11,6 +14,7 @@ from rramc.errors import FrontendError
 from rramc.frontend import import_exported, import_module, load_model, save_exported
 from rramc.ir import BatchNorm, Clamp, Conv2d, Linear, MaxPool2d, ReLU, Reshape
 from rramc.runtime.interpreter import Program
+from rramc.samples import sample_path
 
 
 class Everything(nn.Module):
@@ -71,6 +75,17 @@ def test_export_import_matches_fx_import(everything: nn.Module, tmp_path) -> Non
     torch.testing.assert_close(Program(loaded.graph)(x), everything(x), rtol=1e-5, atol=1e-6)
     # Layer names come from the module hierarchy, also for ATen ops.
     assert {n.source for n in loaded.graph.nodes_of(Linear)} == {"fc", "out"}
+
+
+def test_saved_archives_carry_no_paths_of_the_exporting_machine(everything: nn.Module, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # torch.export records a stack trace per node, with absolute paths of this test file and of torch.
+    save_exported(everything, torch.rand(1, 1, 7, 7), tmp_path / "m.pt2")
+    archives = {"saved here": tmp_path / "m.pt2", "shipped sample": sample_path("digits_mlp.pt2")}
+    for label, path in archives.items():
+        with zipfile.ZipFile(path) as archive:
+            text = b"".join(archive.read(name) for name in archive.namelist()).decode("latin-1")
+        assert __file__ not in text and str(Path(torch.__file__).parents[1]) not in text, label
+        assert all("stack_trace" not in n.meta for n in torch.export.load(str(path)).graph.nodes), label
 
 
 def test_nested_modules_keep_their_paths(trained_cnn: nn.Module) -> None:

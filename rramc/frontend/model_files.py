@@ -51,7 +51,18 @@ def save_exported(model: nn.Module, example_input: torch.Tensor, path: str | Pat
     """
     example = example_input[:1].expand(2, *example_input.shape[1:]).clone()  # a size-1 dim would be specialised
     program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    strip_stack_traces(program)
     torch.export.save(program, str(path), extra_files={METADATA_FILE: json.dumps(metadata)})
+
+
+def strip_stack_traces(program: torch.export.ExportedProgram) -> None:
+    """Drop the source stack traces torch.export records per node.
+
+    They name the files, with absolute paths, of the machine that exported the model; an archive
+    shared with others should not carry them, and rramc names layers by module path instead.
+    """
+    for node in program.graph.nodes:
+        node.meta.pop("stack_trace", None)
 
 
 def load_factory(spec: str) -> Any:
