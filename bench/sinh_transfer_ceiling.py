@@ -1,15 +1,17 @@
-"""How much accuracy the sinh transfer itself costs, measured in plain PyTorch, without rramc's device code.
+"""How much accuracy the sinh transfer itself costs, measured in plain PyTorch, without rramc's crossbar code.
 
     python bench/sinh_transfer_ceiling.py [--k 2.5,7.5,20,70] [--epochs 8] [--data-dir DIR]
 
 On a separable sinh device a crossbar layer computes W·s(x) with s(x) = sinh(B·x)/sinh(B) for an
 input x in [0, 1] of the read voltage, so a reconstructed MLP is, up to quantization and
 converters, a float MLP whose activations pass through s. This script trains MLP 784-500-250-10 on
-Fashion-MNIST from scratch, four ways with the same seed and recipe (Adam 1e-3, cosine schedule,
-clipped ReLU at 1): s nowhere, on the input pixels only, on the hidden activations only, and
-everywhere, for each k. The difference between "nowhere" and "everywhere" is what the device's
-transfer costs a network trained with that recipe, whatever the compiler does; it tells the
-device's share of a reconstruction's gap to ideal from the compiler's.
+Fashion-MNIST from scratch, four ways with the same seed and recipe (rramc's float training loop:
+Adam 1e-3, cosine schedule; clipped ReLU at 1): s nowhere, on the input pixels only, on the
+hidden activations only, and everywhere, for each k. Only B comes from rramc (the targets'
+k -> B relation); no crossbar, mapping or device-current code runs. The difference between
+"nowhere" and "everywhere" is what the device's transfer costs a network trained with that
+recipe, whatever the compiler does; it tells the device's share of a reconstruction's gap to
+ideal from the compiler's.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ import torch
 from torch import nn
 
 import rramc
+from rramc.hardware.devices import sinh_b_from_k
+from rramc.training import TrainConfig, accuracy, train_classifier
 
-PLACEMENTS = {"nowhere": (False, False), "input only": (True, False), "hidden only": (False, True), "everywhere": (True, True)}
+# Where the sinh transfer applies, as (on the input pixels, on the hidden activations).
+PLACEMENTS = {"input only": (True, False), "hidden only": (False, True), "everywhere": (True, True)}
 
 
 class SinhTransferMLP(nn.Module):
@@ -44,23 +49,6 @@ class SinhTransferMLP(nn.Module):
         return self.layers[-1](h)
 
 
-def train_and_test(model: nn.Module, train: rramc.Dataset, test: rramc.Dataset, epochs: int, batch_size: int) -> float:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    steps_per_epoch = len(train) // batch_size
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
-    for _ in range(epochs):
-        order = torch.randperm(len(train))
-        for step in range(steps_per_epoch):
-            batch = order[step * batch_size : (step + 1) * batch_size]
-            loss = nn.functional.cross_entropy(model(train.images[batch]), train.labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    with torch.no_grad():
-        return (model(test.images).argmax(1) == test.labels).float().mean().item()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", default="2.5,7.5,20,70", help="half-bias nonlinearities I(V)/I(V/2), comma-separated")
@@ -77,20 +65,22 @@ def main() -> None:
     train = rramc.load_dataset("fashion-mnist", "train", args.data_dir)
     test = rramc.load_dataset("fashion-mnist", "test", args.data_dir)
 
-    def accuracy(b: float, on_input: bool, on_hidden: bool) -> float:
-        torch.manual_seed(0)
-        return 100 * train_and_test(SinhTransferMLP(b, on_input, on_hidden), train, test, args.epochs, args.batch_size)
+    config = TrainConfig(epochs=args.epochs, lr=1e-3, optimizer="adam", batch_size=args.batch_size, schedule="cosine")
+
+    def trained_accuracy(b: float, on_input: bool, on_hidden: bool) -> float:
+        torch.manual_seed(0)  # the same initial weights for every variant
+        return 100 * accuracy(train_classifier(SinhTransferMLP(b, on_input, on_hidden), train, config), test)
 
     start = time.perf_counter()
     print(f"Fashion-MNIST, MLP 784-500-250-10, {args.epochs} epochs Adam + cosine, test accuracy in %")
-    print(f"sinh transfer nowhere: {accuracy(0.0, False, False):.2f}", flush=True)
-    print(f"{'k':>6s} {'B·Vread':>8s} " + " ".join(f"{label:>12s}" for label in list(PLACEMENTS)[1:]))
+    print(f"sinh transfer nowhere: {trained_accuracy(0.0, False, False):.2f}", flush=True)
+    print(f"{'k':>6s} {'B·Vread':>8s} " + " ".join(f"{label:>12s}" for label in PLACEMENTS))
     for k in ks:
-        # The relation the targets state: k = I(V)/I(V/2) = 2·cosh(B·V/2) at V = 1 read-voltage unit.
-        b = 2 * math.acosh(k / 2)
-        row = [accuracy(b, on_input, on_hidden) for on_input, on_hidden in list(PLACEMENTS.values())[1:]]
+        b = sinh_b_from_k(k, voltage=1.0)  # x is in units of the read voltage
+        row = [trained_accuracy(b, on_input, on_hidden) for on_input, on_hidden in PLACEMENTS.values()]
         print(f"{k:6g} {b:8.3f} " + " ".join(f"{value:12.2f}" for value in row), flush=True)
     print(f"({time.perf_counter() - start:.0f} s)")
+
 
 if __name__ == "__main__":
     main()
