@@ -1,23 +1,23 @@
-"""emit: check that the graph is fully lowered and package it as an executable."""
+"""emit: check that the graph is fully lowered and hand it over as the executable's program."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from rramc.errors import PassError
-from rramc.ir import Conv2d, CrossbarOp, Graph, Input, Linear
+from rramc.hardware.interpreter import executable_by_runtime
+from rramc.ir import Conv2d, CrossbarOp, Graph, Linear
 from rramc.pipeline import CompileContext, Pass
-from rramc.runtime.executable import Executable
-from rramc.runtime.interpreter import DIGITAL_KERNELS
 
 
 @dataclass(frozen=True)
 class Emit(Pass):
-    """Package the lowered graph and the target into an :class:`Executable` (``ctx.artifacts``).
+    """Hand the lowered graph over as the executable's program (``ctx.artifacts["graph"]``).
 
     Needs: every weighted layer mapped, tiled and calibrated; every other op one the runtime's
-    digital periphery executes. Guarantees: ``ctx.artifacts["executable"]``; the graph itself
-    is left unchanged.
+    digital periphery executes. Guarantees: ``ctx.artifacts["graph"]`` holds a copy of the graph
+    and ``ctx.artifacts["pipeline"]`` the passes that made it; the graph itself is unchanged.
+    The driver (:func:`rramc.compile`) packages them with the target into an executable.
     """
 
     name = "emit"
@@ -28,16 +28,16 @@ class Emit(Pass):
             op = node.op
             if isinstance(op, (Linear, Conv2d)):
                 problems.append(f"%{node.name} ({node.source}) is still a float {op.kind}: run quantize and tile")
-            elif isinstance(op, CrossbarOp):
-                if op.row_splits is None:
-                    problems.append(f"%{node.name} ({node.source}) is not tiled: run tile")
-                elif op.input_scale is None or op.gain is None or (op.adc_bits is not None and op.adc_range is None):
-                    problems.append(f"%{node.name} ({node.source}) is not calibrated: run calibrate")
-            elif not isinstance(op, Input) and type(op) not in DIGITAL_KERNELS:
+            elif isinstance(op, CrossbarOp) and not op.is_tiled:
+                problems.append(f"%{node.name} ({node.source}) is not tiled: run tile")
+            elif isinstance(op, CrossbarOp) and not op.is_calibrated:
+                problems.append(f"%{node.name} ({node.source}) is not calibrated: run calibrate")
+            elif not executable_by_runtime(node):
                 problems.append(f"%{node.name} ({node.source}): the runtime cannot execute op '{op.kind}'")
         if problems:
             raise PassError("the graph is not ready to emit:\n  " + "\n  ".join(problems))
 
     def run(self, graph: Graph, ctx: CompileContext) -> Graph:
-        ctx.artifacts["executable"] = Executable(graph.copy(), ctx.target, {"pipeline": ",".join(ctx.passes_run + [str(self)])})
+        ctx.artifacts["graph"] = graph.copy()
+        ctx.artifacts["pipeline"] = ",".join(ctx.passes_run + [str(self)])
         return graph

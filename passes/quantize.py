@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rramc.errors import PassError
-from rramc.hardware.mapping import map_weights
-from rramc.ir import Conv2d, CrossbarConv2d, CrossbarLinear, Graph, Linear
+from rramc.hardware.input_encoding import INPUT_ENCODINGS
+from rramc.hardware.layer import crossbar_op
+from rramc.hardware.mapping import MappingPlan
+from rramc.hardware.weight_encoding import WEIGHT_ENCODINGS
+from rramc.ir import Conv2d, Graph, Linear
 from rramc.pipeline import CompileContext, Pass, option
 
 
@@ -15,10 +18,11 @@ class Quantize(Pass):
     """Lower ``linear``/``conv2d`` to crossbar ops holding programmed conductance pairs.
 
     Needs: canonical float layers (no ``batch_norm``). Guarantees: every ``linear`` and ``conv2d``
-    became ``xbar.linear``/``xbar.conv2d`` with ``g_pos``/``g_neg`` on the target's levels within
-    [g_min, g_max], the weight scale per output, and the DAC/ADC resolution of its inputs and
-    outputs (activations are applied as DAC codes of ``dac_bits``). The float weights stay on
-    the op as the reference the chip is compared to.
+    became ``xbar.linear``/``xbar.conv2d`` with ``g_pos``/``g_neg`` from the weight encoding, on
+    the target's levels (chosen in the read-current domain, so a full-scale input gives the
+    linear sum), the weight scale per output, the input and weight encodings, and the DAC/ADC
+    resolution of its inputs and outputs. The float weights stay on the op as the reference the
+    chip is compared to; an input range and device training record of the float layer are kept.
     """
 
     name = "quantize"
@@ -26,32 +30,38 @@ class Quantize(Pass):
     levels: int | None = option("conductance levels per cell (default: the target's; 0: continuous)", None)
     dac_bits: int | None = option("input DAC bits (default: the target's; 0: ideal)", None)
     adc_bits: int | None = option("ADC bits (default: the target's; 0: ideal)", None)
+    weight_encoding: str | None = option("weight encoding (default: the target's)", None)
+    input_encoding: str | None = option("input encoding (default: the target's)", None)
 
     def requires(self, graph: Graph, ctx: CompileContext) -> None:
-        for name, value, low in (("levels", self.levels, 2), ("dac_bits", self.dac_bits, 1), ("adc_bits", self.adc_bits, 2)):
-            if value is not None and value != 0 and not low <= value <= (65536 if name == "levels" else 16):
-                raise PassError(f"option {name}={value} is out of range")
+        for name, value, low, high in (("levels", self.levels, 2, 65536), ("dac_bits", self.dac_bits, 1, 16),
+                                       ("adc_bits", self.adc_bits, 2, 16)):
+            if value is not None and value != 0 and not low <= value <= high:
+                raise PassError(f"option {name}={value} is out of range: 0 (ideal/continuous) or {low}..{high}")
+        for name, registry in (("weight_encoding", WEIGHT_ENCODINGS), ("input_encoding", INPUT_ENCODINGS)):
+            value = getattr(self, name)
+            if value is not None and value not in registry.names():
+                raise PassError(f"option {name}={value}: expected one of {', '.join(registry.names())}")
+
+    def plan(self, base: MappingPlan) -> MappingPlan:
+        """``base`` (the target's defaults) with this pass's options applied."""
+        def resolve(option_value: int | None, default: int | None) -> int | None:
+            return default if option_value is None else (None if option_value == 0 else option_value)
+
+        return replace(base, granularity=self.granularity, levels=resolve(self.levels, base.levels),
+                       dac_bits=resolve(self.dac_bits, base.dac_bits), adc_bits=resolve(self.adc_bits, base.adc_bits),
+                       weight_encoding=self.weight_encoding or base.weight_encoding,
+                       input_encoding=self.input_encoding or base.input_encoding)
 
     def run(self, graph: Graph, ctx: CompileContext) -> Graph:
-        target = ctx.target
-        levels = self._resolve(self.levels, target.conductance.levels)
-        dac_bits = self._resolve(self.dac_bits, target.crossbar.dac_bits)
-        adc_bits = self._resolve(self.adc_bits, target.crossbar.adc_bits)
+        plan = self.plan(MappingPlan.for_target(ctx.target))
+        encoding = WEIGHT_ENCODINGS.get(plan.weight_encoding)(ctx.target)
         for node in graph.nodes_of(Linear, Conv2d):
             op = node.op
             assert isinstance(op, (Linear, Conv2d))
-            g_pos, g_neg, scale = map_weights(op.weight.reshape(op.weight.shape[0], -1), target,
-                                              per_column=self.granularity == "column", levels=levels)
-            common = dict(weight=op.weight, bias=op.bias, g_pos=g_pos, g_neg=g_neg, conductance_per_weight=scale,
-                          dac_bits=dac_bits, adc_bits=adc_bits)
-            if isinstance(op, Conv2d):
-                node.op = CrossbarConv2d(stride=op.stride, padding=op.padding, dilation=op.dilation, **common)
-            else:
-                node.op = CrossbarLinear(**common)
+            mapped = encoding.map(op.weight.reshape(op.weight.shape[0], -1), per_column=plan.granularity == "column", levels=plan.levels)
+            node.op = crossbar_op(op, weight=op.weight, bias=op.bias, g_pos=mapped.g_pos, g_neg=mapped.g_neg,
+                                  conductance_per_weight=mapped.conductance_per_weight, weight_encoding=plan.weight_encoding,
+                                  input_encoding=plan.input_encoding, dac_bits=plan.dac_bits, adc_bits=plan.adc_bits,
+                                  input_range=op.input_range, trained_for=op.trained_for)
         return graph
-
-    @staticmethod
-    def _resolve(option_value: int | None, target_value: int | None) -> int | None:
-        if option_value is None:
-            return target_value
-        return None if option_value == 0 else option_value

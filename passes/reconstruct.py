@@ -8,18 +8,19 @@ nonlinearity becomes part of the model instead of an error.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from rramc.datasets import Dataset, load_dataset
+from rramc.datasets import Dataset, fit_inputs, load_dataset
 from rramc.errors import PassError
-from rramc.ir import Clamp, Conv2d, CrossbarOp, Graph, Linear, ReLU
-from rramc.passes.calibrate import static_bounds, upper_percentile
+from rramc.hardware.calibration import input_range, upper_percentile, value_bounds
+from rramc.hardware.device_aware import DeviceAwareNetwork, InLoop
+from rramc.hardware.interpreter import FloatKernel, Interpreter
+from rramc.hardware.mapping import MappingPlan
+from rramc.ir import Clamp, Conv2d, CrossbarOp, DeviceTraining, Graph, InputRange, Linear, ReLU
 from rramc.pipeline import CompileContext, Pass, option
-from rramc.runtime.device_aware import DeviceAwareNetwork, InLoop
-from rramc.runtime.evaluate import fit_inputs
-from rramc.runtime.interpreter import Program
 from rramc.training import TrainConfig, train_classifier
 
 
@@ -30,12 +31,13 @@ class Reconstruct(Pass):
     Needs: a canonical float graph (before ``quantize``), a differentiable device and training
     data (``dataset=`` or the compile call's training data). Guarantees: ReLUs feeding crossbar
     layers are clipped at the ``clip_percentile`` of their activations; every ``linear`` and
-    ``conv2d`` holds weights trained through the device I-V (and, if asked, through conductance
-    levels, converters and variation), and ``meta`` records its fixed input range
-    (``input_scale``, ``input_signed``, honoured by ``calibrate``) and ``reconstructed``.
-    Training is deterministic for a given ``seed``. Adam is the default: with state-dependent
-    devices the map from weights to currents is itself nonlinear, and plain SGD at the seed
-    paper's rate (0.05) oscillates where Adam converges.
+    ``conv2d`` holds weights trained through the device I-V — mapped as the ``quantize`` and
+    ``tile`` passes later in the pipeline will map it (their options included), and, if asked,
+    through conductance levels, converters and variation — with its ``input_range`` fixed
+    (origin ``reconstruct``, honoured by ``calibrate``) and a ``trained_for`` record.
+    Training is deterministic for a given ``seed`` (default: the compile seed). Adam is the
+    default: with state-dependent devices the map from weights to currents is itself nonlinear,
+    and plain SGD at the seed paper's rate (0.05) oscillates where Adam converges.
     """
 
     name = "reconstruct"
@@ -45,7 +47,7 @@ class Reconstruct(Pass):
     optimizer: str = option("adam, or sgd with momentum 0.9 (the seed paper's)", "adam", ("adam", "sgd"))
     lr: float | None = option("learning rate (default: 0.001 for adam, 0.05 for sgd)", None)
     batch_size: int = option("samples per step", 128)
-    seed: int = option("seed of initialisation, shuffling and noise", 0)
+    seed: int | None = option("seed of initialisation, shuffling and noise (default: the compile seed)", None)
     init: str = option("start from the trained weights or from fresh ones", "finetune", ("finetune", "scratch"))
     schedule: str = option("learning-rate schedule", "constant", ("constant", "cosine"))
     samples: int | None = option("use at most this many training samples", None)
@@ -65,27 +67,42 @@ class Reconstruct(Pass):
                             f"with this device.{field} (the current's slope is unbounded at 0 V); reconstruct cannot train through it")
         if ctx.training_data is None and self.dataset is None:
             raise PassError("reconstruct needs training data: give a data set (--dataset D, or reconstruct{dataset=D})")
-        for name, value, low in (("epochs", self.epochs, 0), ("batch_size", self.batch_size, 1)):
-            if value < low:
+        for name, value, low in (("epochs", self.epochs, 0), ("batch_size", self.batch_size, 1), ("samples", self.samples, 1)):
+            if value is not None and value < low:
                 raise PassError(f"option {name}={value}: must be at least {low}")
-        if (self.lr is not None and not self.lr > 0) or not 0 < self.clip_percentile <= 100:
-            raise PassError("lr must be positive and clip_percentile in (0, 100]")
+        if (self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr))) or not 0 < self.clip_percentile <= 100:
+            raise PassError("lr must be a positive number and clip_percentile in (0, 100]")
 
     def training_data(self, ctx: CompileContext) -> Dataset:
         data = ctx.training_data or load_dataset(str(self.dataset), "train", self.data_dir)
         return data.take(self.samples) if self.samples is not None else data
 
+    def plan(self, ctx: CompileContext) -> MappingPlan:
+        """The mapping the rest of the pipeline will apply: its quantize and tile options."""
+        from rramc.passes.quantize import Quantize
+        from rramc.passes.tile import Tile
+
+        plan = MappingPlan.for_target(ctx.target)
+        quantize, tile = ctx.after(self, Quantize), ctx.after(self, Tile)
+        plan = quantize.plan(plan) if quantize is not None else plan
+        return tile.plan(plan) if tile is not None else plan
+
     def run(self, graph: Graph, ctx: CompileContext) -> Graph:
+        seed = ctx.seed if self.seed is None else self.seed
         data = self.training_data(ctx)
+        if len(data) == 0:
+            raise PassError("the training data set is empty")
         (graph_input,) = graph.inputs
-        sample = fit_inputs(data.shuffled(self.seed).take(1024).images, graph_input.shape, data.name)
+        sample = fit_inputs(data.shuffled(seed).take(1024).images, graph_input.shape, data.name)
         self._clip_relus(graph, sample)
         ranges = self._input_ranges(graph, sample)
-        network = DeviceAwareNetwork(graph, ctx.target, ranges, InLoop(self.levels, self.converters, self.variation), seed=self.seed)
+        plan = self.plan(ctx)
+        in_loop = InLoop(self.levels, self.converters, self.variation)
+        network = DeviceAwareNetwork(graph, ctx.target, plan, ranges, in_loop, seed=seed)
         if self.init == "scratch":
-            network.reinitialize(self.seed)
+            network.reinitialize(seed)
         lr = self.lr if self.lr is not None else (1e-3 if self.optimizer == "adam" else 0.05)
-        config = TrainConfig(epochs=self.epochs, lr=lr, optimizer=self.optimizer, batch_size=self.batch_size, seed=self.seed,
+        config = TrainConfig(epochs=self.epochs, lr=lr, optimizer=self.optimizer, batch_size=self.batch_size, seed=seed,
                              schedule=self.schedule)
         history: list[tuple[float, float]] = []
 
@@ -95,18 +112,22 @@ class Reconstruct(Pass):
 
         train_classifier(network, data, config, on_epoch=on_epoch, progress=ctx.progress,
                          description=f"reconstruct for {ctx.target.name}")
+        if history and not math.isfinite(history[-1][0]):
+            raise PassError(f"training diverged (loss {history[-1][0]}): lower the learning rate (lr={lr:g})")
+        if history and history[-1][1] < 1.5 / data.num_classes:
+            ctx.warn(f"reconstruct: training accuracy {100 * history[-1][1]:.1f} % is near chance (loss {history[-1][0]:.3g}); "
+                     "training failed (learning rate too high, or too few epochs)")
         network.write_back()
-        record = {"target": ctx.target.name, "epochs": self.epochs, "init": self.init, "seed": self.seed,
-                  "in_loop": [k for k, v in (("levels", self.levels), ("converters", self.converters), ("variation", self.variation)) if v],
-                  "train_accuracy": round(history[-1][1], 4) if history else None}
+        record = DeviceTraining(target=ctx.target.to_mapping(), granularity=plan.granularity, epochs=self.epochs, init=self.init,
+                                seed=seed, in_loop=in_loop.names(), train_accuracy=round(history[-1][1], 4) if history else None)
         for node in graph.nodes_of(Linear, Conv2d):
-            scale, signed = ranges[node.name]
-            node.meta.update(input_scale=scale, input_signed=signed, reconstructed=record)
+            node.op = node.op.replace(input_range=ranges[node.name], trained_for=record)
         return graph
 
     def _clip_relus(self, graph: Graph, sample: torch.Tensor) -> None:
         """Replace ReLUs (and open-ended clamps) by clipped ReLUs at a percentile of their activations."""
-        values = Program(graph).trace(sample)
+        with torch.no_grad():
+            _, values = Interpreter(graph, FloatKernel()).run(sample, keep=True)
         for node in graph:
             op = node.op
             unbounded = isinstance(op, ReLU) or (isinstance(op, Clamp) and op.high is None and op.low is not None and op.low >= 0)
@@ -115,16 +136,13 @@ class Reconstruct(Pass):
                 node.op = Clamp(low=0.0, high=float(high))
                 node.meta["clipped_by"] = "reconstruct"
 
-    def _input_ranges(self, graph: Graph, sample: torch.Tensor) -> dict[str, tuple[float, bool]]:
-        bounds = static_bounds(graph)
-        values = Program(graph).trace(sample)
+    def _input_ranges(self, graph: Graph, sample: torch.Tensor) -> dict[str, InputRange]:
+        """Every weighted layer's input range, fixed for training and after it (origin ``reconstruct``)."""
+        bounds = value_bounds(graph)
+        with torch.no_grad():
+            _, values = Interpreter(graph, FloatKernel()).run(sample, keep=True)
         ranges = {}
         for node in graph.nodes_of(Linear, Conv2d):
-            lo, hi = bounds[node.inputs[0]]
-            if lo is not None and hi is not None and lo >= 0 and hi > 0:
-                ranges[node.name] = (float(hi), False)
-            else:
-                x = values[node.inputs[0]]
-                ranges[node.name] = (upper_percentile(x.abs(), 100.0) or 1.0, bool((x < 0).any()))
+            decided = input_range(node.op, bounds[node.inputs[0]], values[node.inputs[0]], 100.0)  # type: ignore[arg-type]
+            ranges[node.name] = InputRange(decided.scale, decided.signed, "reconstruct")
         return ranges
-

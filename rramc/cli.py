@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from rramc.errors import RramcError
+from rramc.errors import RramcError, RramcWarning
 
 app = typer.Typer(
     name="rramc",
@@ -72,11 +72,12 @@ def compile(
     calibration: Annotated[Optional[str], typer.Option("--calibration", "-c", help="data set to calibrate on (train split) [default: the one recorded in the .pt2]")] = None,
     data_dir: DataDirOption = None,
     calibration_samples: Annotated[int, typer.Option(help="calibration samples")] = 512,
-    passes: Annotated[Optional[str], typer.Option("--passes", "-p", help="pipeline, e.g. 'canonicalize,quantize{levels=16},tile,calibrate,emit'")] = None,
+    pipeline: Annotated[Optional[str], typer.Option("--pipeline", help="a named pipeline: default, naive, least_squares, reconstruct")] = None,
+    passes: Annotated[Optional[str], typer.Option("--passes", "-p", help="pipeline text, e.g. 'canonicalize,quantize{levels=16},tile,calibrate,emit'")] = None,
     skip: Annotated[Optional[list[str]], typer.Option("--skip", help="skip a pass of the pipeline (repeatable)")] = None,
     print_ir: Annotated[bool, typer.Option("--print-ir", help="print the IR after every pass")] = False,
     time_passes: Annotated[bool, typer.Option("--time-passes", help="print how long each pass took")] = False,
-    seed: Annotated[int, typer.Option(help="seed for passes that draw random numbers")] = 0,
+    seed: Annotated[int, typer.Option(help="seed for passes that draw random numbers", min=0)] = 0,
     reconstruct: Annotated[bool, typer.Option("--reconstruct", help="retrain the network through the target's device I-V (Kim et al.)")] = False,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="training data set for --reconstruct [default: the calibration data set]")] = None,
     epochs: Annotated[int, typer.Option(help="--reconstruct: training epochs")] = 3,
@@ -88,76 +89,58 @@ def compile(
     in_loop: Annotated[Optional[str], typer.Option(help="--reconstruct: also train through levels,converters,variation (comma-separated)")] = None,
 ) -> None:
     """Compile MODEL for a target into one executable file."""
-    from rramc.compiler import compile as compile_model
-    from rramc.datasets import load_dataset
-    from rramc.frontend import load_model
-    from rramc.hardware import load_target
-    from rramc.pipeline import PassManager, default_pipeline, parse_pipeline
+    import warnings
 
-    target_spec = load_target(target)
-    dataset_name = calibration
-    shape = _parse_shape(input_shape)
-    if shape is None and dataset_name is not None and model.suffix != ".pt2":
-        shape = load_dataset(dataset_name, "train", data_dir).sample_shape
-    loaded = load_model(model, factory=factory, trust_pickle=trust_pickle, input_shape=shape)
-    dataset_name = dataset_name or dataset or loaded.metadata.get("dataset")
-    if dataset_name is None and reconstruct:
-        raise RramcError(f"--reconstruct needs a training data set: pass --dataset DATASET (digits, mnist, fashion-mnist, cifar10); "
-                         f"{model} does not record one")
-    if dataset_name is None:
-        raise RramcError(f"{model}: calibration needs sample data; pass --calibration DATASET (digits, mnist, fashion-mnist, cifar10)")
-    crop = loaded.metadata.get("crop")
-    calibration_set = _maybe_crop(load_dataset(dataset_name, "train", data_dir), crop).shuffled(seed).take(calibration_samples)
-    from rramc.runtime.evaluate import fit_inputs
+    from rramc.driver import compile_file
+    from rramc.pipeline import PassTimings, PrintIR
 
-    (graph_input,) = loaded.graph.inputs
-    samples = fit_inputs(calibration_set.images, graph_input.shape, dataset_name)
-    pipeline = parse_pipeline(passes) if passes is not None else default_pipeline()
-    training = None
-    if reconstruct:
-        training_name = dataset or dataset_name
-        training = _maybe_crop(load_dataset(training_name, "train", data_dir), crop)
-        fit_inputs(training.images[:1], graph_input.shape, training_name)
-        pipeline = _with_reconstruct(pipeline, epochs=epochs, optimizer=optimizer, lr=lr, batch_size=batch_size, seed=seed, init=init,
-                                     samples=train_samples, in_loop=in_loop)
-    elif dataset is not None:
-        raise RramcError("--dataset names the training data of --reconstruct; to calibrate on a data set use --calibration")
-    manager = PassManager(pipeline, skip=frozenset(skip or ()), print_after_each=print_ir,
-                          print_ir=lambda name, text: console.print(f"[bold]// IR after {name}[/]\n{text}", highlight=False))
-    exe = compile_model(loaded.graph, target_spec, calibration_data=samples, training_data=training, seed=seed, pass_manager=manager,
-                        progress=sys.stderr.isatty(), log=lambda text: console.print(text, highlight=False),
-                        metadata={"source": str(model), "calibration": dataset_name, **{f"model.{k}": v for k, v in loaded.metadata.items()}})
+    if pipeline is not None and passes is not None:
+        raise RramcError("give --pipeline NAME or --passes TEXT, not both")
     output = output or Path(model.name).with_suffix(".rramx")
+    _refuse_overwriting(output, model, target)
+    options = None
+    if reconstruct:
+        options = {"epochs": epochs, "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "seed": seed, "init": init,
+                   "samples": train_samples, **_in_loop(in_loop)}
+        options = {k: v for k, v in options.items() if v is not None}
+    timings = PassTimings()
+    printing = [PrintIR(lambda name, text: console.print(f"[bold]// IR after {name}[/]\n{text}", highlight=False))] if print_ir else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RramcWarning)  # the log below prints them
+        exe = compile_file(model, target, factory=factory, trust_pickle=trust_pickle, input_shape=_parse_shape(input_shape),
+                           calibration=calibration, calibration_samples=calibration_samples, data_dir=data_dir,
+                           training=dataset, reconstruct=options, pipeline=passes if passes is not None else pipeline,
+                           skip=skip or (), instruments=[*printing, timings], seed=seed, progress=sys.stderr.isatty(),
+                           log=lambda text: console.print(text, highlight=False))
     exe.save(output)
-    console.print(f"wrote {output}: {exe.array_count()} arrays of {target_spec.crossbar.rows}×{target_spec.crossbar.cols} "
-                  f"for target {target_spec.name} ({exe.metadata['compile_seconds']:.2f} s)")
+    spec = exe.target.crossbar
+    console.print(f"wrote {output}: {exe.array_count()} arrays of {spec.rows}×{spec.cols} "
+                  f"for target {exe.target.name} ({exe.metadata['compile_seconds']:.2f} s)")
     if time_passes:
         table = Table("pass", "seconds")
-        for name, seconds in manager.timings:
+        for name, seconds in timings.timings:
             table.add_row(name, f"{seconds:.4f}")
         console.print(table)
 
 
-def _maybe_crop(data: Any, crop: int | None) -> Any:
-    return data.center_crop(crop) if crop and data.sample_shape[-1] > crop else data
+def _refuse_overwriting(output: Path, *inputs: Path | str) -> None:
+    """An output must not replace one of the command's own input files."""
+    for path in inputs:
+        path = Path(path)
+        if path.exists() and output.exists() and output.resolve() == path.resolve():
+            raise RramcError(f"--output {output} is an input of this command ({path}); choose another output file")
 
 
-def _with_reconstruct(pipeline: list[Any], **options: Any) -> list[Any]:
-    """Insert a configured ``reconstruct`` pass after ``canonicalize`` (or first)."""
-    from rramc.pipeline import make_pass
-
-    if any(p.name == "reconstruct" for p in pipeline):
-        raise RramcError("--reconstruct: the pipeline already has a reconstruct pass; configure it there instead")
-    in_loop = [x.strip() for x in (options.pop("in_loop") or "").split(",") if x.strip()]
-    unknown = sorted(set(in_loop) - {"levels", "converters", "variation"})
+def _in_loop(text: str | None) -> dict[str, bool]:
+    chosen = [x.strip() for x in (text or "").split(",") if x.strip()]
+    unknown = sorted(set(chosen) - {"levels", "converters", "variation"})
     if unknown:
         raise RramcError(f"--in-loop: unknown {', '.join(unknown)}; choose from levels, converters, variation")
-    values = {k: v for k, v in options.items() if v is not None}
-    values.update({name: True for name in in_loop})
-    reconstruct = make_pass("reconstruct", values)
-    names = [p.name for p in pipeline]
-    at = names.index("canonicalize") + 1 if "canonicalize" in names else 0
-    return [*pipeline[:at], reconstruct, *pipeline[at:]]
+    return {name: True for name in chosen}
+
+
+def _maybe_crop(data: Any, crop: int | None) -> Any:
+    return data.center_crop(crop) if crop and data.sample_shape[-1] > crop else data
 
 
 @app.command()
@@ -214,7 +197,7 @@ def inspect(
     console.print(f"target {exe.target.describe()}", highlight=False)
     note = exe.device_evaluation()
     if note:
-        console.print(note, highlight=False)
+        console.print(f"columns: {note}", highlight=False)
     if ir:
         console.print(str(exe.graph), highlight=False)
     usage = exe.array_usage()
@@ -235,7 +218,7 @@ def inspect(
 @reports_errors
 def passes() -> None:
     """List the available passes (built in and from plugins) with their options."""
-    from rramc.pipeline import DEFAULT_PIPELINE, PASSES
+    from rramc.pipeline import DEFAULT_PIPELINE, PASSES, PIPELINES
 
     origins = PASSES.origins()
     for name in PASSES.names():
@@ -245,6 +228,8 @@ def passes() -> None:
         for option, kind, default, help_text in cls.options():
             console.print(f"    {option}: {kind} = {default!r}  {help_text}", highlight=False)
     console.print(f"default pipeline: {DEFAULT_PIPELINE}")
+    for name, build in PIPELINES:
+        console.print(f"pipeline [bold]{name}[/]: {','.join(str(p) for p in build())}", highlight=False)
 
 
 @app.command()
@@ -314,7 +299,7 @@ def sweep(
         train = train.shuffled(seed).take(train_samples)
     if test_samples:
         test = test.take(test_samples)
-    from rramc.runtime.evaluate import fit_inputs
+    from rramc.datasets import fit_inputs
 
     fit_inputs(test.images[:1], loaded_meta.graph.inputs[0].shape, name)
     points = 1

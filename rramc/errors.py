@@ -41,3 +41,11 @@ class DatasetError(RramcError):
 
 class RuntimeSimulationError(RramcError):
     """The runtime cannot execute a graph (for instance an op that was never lowered)."""
+
+
+class RramcWarning(UserWarning):
+    """Base class of rramc's warnings: a result the user should not trust without a look."""
+
+
+class ClippedInputWarning(RramcWarning):
+    """A crossbar layer clipped inputs outside its calibrated range (or negative inputs it reads as unsigned)."""

@@ -30,8 +30,11 @@ class CompileContext:
     """What passes may read besides the graph, and where they leave results.
 
     ``calibration_data`` is a batch of representative network inputs, ``training_data`` a data
-    set for passes that train (``reconstruct``); ``artifacts`` collects what
-    passes produce for the caller (``emit`` leaves the executable under ``"executable"``).
+    set for passes that train (``reconstruct``), ``seed`` the seed of passes that draw random
+    numbers (unless their own option sets one). ``pipeline`` is the list of passes being run (a
+    pass may read the options of those after it), ``artifacts`` collects what passes produce for
+    the caller (``emit`` leaves the finished graph under ``"graph"``) and ``warnings`` what the
+    caller should be told.
     """
 
     target: Target
@@ -42,6 +45,26 @@ class CompileContext:
     log: Callable[[str], None] = lambda message: None
     artifacts: dict[str, Any] = field(default_factory=dict)
     passes_run: list[str] = field(default_factory=list)
+    pipeline: list[Pass] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        """Record something the user should know about the result (it reaches the CLI and Python warnings)."""
+        self.warnings.append(message)
+        self.log(f"warning: {message}")
+
+    def after(self, current: Pass, kind: type[P]) -> P | None:
+        """The first pass of type ``kind`` that runs after ``current`` in this pipeline, if any."""
+        seen = False
+        for p in self.pipeline:
+            if p is current:
+                seen = True
+            elif seen and isinstance(p, kind):
+                return p
+        return None
+
+
+P = typing.TypeVar("P", bound="Pass")
 
 
 def option(help: str, default: Any, choices: tuple[str, ...] | None = None) -> Any:
@@ -107,6 +130,7 @@ PASSES: Registry[type[Pass]] = Registry(
         "reconstruct": "rramc.passes.reconstruct:Reconstruct",
         "emit": "rramc.passes.emit:Emit",
     },
+    interface=Pass,
 )
 """Every pass by name: the built-ins plus the ``rramc.passes`` entry-point group."""
 
@@ -114,8 +138,64 @@ DEFAULT_PIPELINE = "canonicalize,quantize,tile,calibrate,emit"
 
 
 def default_pipeline() -> list[Pass]:
-    """The pipeline ``rramc compile`` runs when none is given."""
+    """The conventional mapping with full-scale calibration: what ``rramc compile`` runs when none is given."""
     return parse_pipeline(DEFAULT_PIPELINE)
+
+
+def least_squares_pipeline() -> list[Pass]:
+    """The conventional mapping with each neuron's gain and offset fitted to the float layer (least squares)."""
+    return parse_pipeline("canonicalize,quantize,tile,calibrate{gain=least_squares},emit")
+
+
+def reconstruct_pipeline() -> list[Pass]:
+    """Retrain the network through the device I-V (Kim et al.), then map it."""
+    return parse_pipeline("canonicalize,reconstruct,quantize,tile,calibrate,emit")
+
+
+PIPELINES: Registry[Callable[[], list[Pass]]] = Registry(
+    what="pipeline",
+    group="rramc.pipelines",
+    builtins={
+        "default": "rramc.pipeline:default_pipeline",
+        "naive": "rramc.pipeline:default_pipeline",
+        "least_squares": "rramc.pipeline:least_squares_pipeline",
+        "reconstruct": "rramc.pipeline:reconstruct_pipeline",
+    },
+)
+"""Named pipelines (``--pipeline NAME``): functions returning a fresh list of passes."""
+
+
+def named_pipeline(name: str, **options: dict[str, Any]) -> list[Pass]:
+    """The pipeline ``name`` with pass options changed: ``named_pipeline("reconstruct", reconstruct={"epochs": 1})``."""
+    passes = PIPELINES.get(name)()
+    unknown = set(options) - {p.name for p in passes}
+    if unknown:
+        raise PassError(f"pipeline '{name}' has no pass {', '.join(sorted(unknown))}; its passes: {', '.join(p.name for p in passes)}")
+    return [make_pass(p.name, {**_options_of(p), **options[p.name]}) if p.name in options else p for p in passes]
+
+
+def _options_of(p: Pass) -> dict[str, Any]:
+    return {f.name: getattr(p, f.name) for f in dataclasses.fields(p)}
+
+
+def resolve_pipeline(spec: str | Sequence[Pass] | None) -> list[Pass]:
+    """A list of passes from a named pipeline, pipeline text or a list (None: the default pipeline).
+
+    Text that is exactly a pipeline's name is that pipeline (``"reconstruct"`` is the whole
+    reconstruct pipeline, not the pass alone).
+    """
+    if spec is None:
+        return default_pipeline()
+    if isinstance(spec, str):
+        name = spec.strip()
+        return PIPELINES.get(name)() if name in PIPELINES.names() else parse_pipeline(spec)
+    passes = list(spec)
+    if not passes:
+        raise PassError("the pipeline is empty")
+    bad = [p for p in passes if not isinstance(p, Pass)]
+    if bad:
+        raise PassError(f"a pipeline is a list of rramc.Pass objects; got {type(bad[0]).__name__} {bad[0]!r}")
+    return passes
 
 
 _ITEM = re.compile(r"\s*([A-Za-z_][\w\-.]*)\s*(?:\{([^{}]*)\})?\s*(?:,|$)")
@@ -136,11 +216,13 @@ def parse_pipeline(text: str) -> list[Pass]:
 
 
 def _parse_options(pass_name: str, text: str) -> dict[str, str]:
-    options = {}
+    options: dict[str, str] = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep:
             raise PassError(f"pass '{pass_name}': option '{item}' needs a value (name=value)")
+        if key.strip() in options:
+            raise PassError(f"pass '{pass_name}': option '{key.strip()}' is given twice")
         options[key.strip()] = value.strip()
     return options
 
@@ -187,29 +269,71 @@ def _convert(pass_name: str, key: str, raw: Any, hint: Any, choices: tuple[str, 
     return value
 
 
+class PassInstrument:
+    """Hooks around the passes of a :class:`PassManager` run (TVM's ``PassInstrument``).
+
+    Every hook does nothing unless overridden. ``print-IR`` and timing are instruments; users add
+    their own (a checker, a profiler, an IR dump to files) the same way.
+    """
+
+    def enter_pipeline(self, passes: Sequence[Pass], ctx: CompileContext) -> None:
+        """Before the first pass."""
+
+    def before_pass(self, p: Pass, graph: Graph, ctx: CompileContext) -> None:
+        """Before ``p`` runs on ``graph``."""
+
+    def after_pass(self, p: Pass, graph: Graph, ctx: CompileContext, seconds: float) -> None:
+        """After ``p`` ran (and its result verified), ``seconds`` after it started."""
+
+    def exit_pipeline(self, graph: Graph, ctx: CompileContext) -> None:
+        """After the last pass."""
+
+
+@dataclass
+class PrintIR(PassInstrument):
+    """Print the IR after every pass (``--print-ir``); ``complete`` prints every tensor value."""
+
+    printer: Callable[[str, str], None] = lambda name, text: print(f"// IR after {name}\n{text}")
+    complete: bool = False
+
+    def after_pass(self, p: Pass, graph: Graph, ctx: CompileContext, seconds: float) -> None:
+        self.printer(str(p), graph.to_text() if self.complete else str(graph))
+
+
+@dataclass
+class PassTimings(PassInstrument):
+    """Wall time of every pass (``--time-passes``): ``timings`` holds (pass, seconds)."""
+
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
+    def after_pass(self, p: Pass, graph: Graph, ctx: CompileContext, seconds: float) -> None:
+        self.timings.append((p.name, seconds))
+
+
 @dataclass
 class PassManager:
-    """Runs passes in order, verifying the IR after each.
+    """Runs passes in order, verifying the IR after each, with instruments around them.
 
-    ``print_ir`` is called with (pass name, IR text) after each pass when ``print_after_each``;
-    ``timings`` holds (pass name, seconds) after :meth:`run`.
+    ``skip`` names passes of the pipeline not to run; a failing pass is reported with the passes
+    that ran before it.
     """
 
     passes: Sequence[Pass]
     skip: frozenset[str] = frozenset()
-    print_after_each: bool = False
-    print_ir: Callable[[str, str], None] = lambda name, text: print(f"// IR after {name}\n{text}")
-    timings: list[tuple[str, float]] = field(default_factory=list)
+    instruments: Sequence[PassInstrument] = ()
 
     def run(self, graph: Graph, ctx: CompileContext) -> Graph:
         graph.verify(after_pass=ctx.passes_run[-1] if ctx.passes_run else "import")
         unknown_skips = self.skip - {p.name for p in self.passes}
         if unknown_skips:
             raise PassError(f"cannot skip {sorted(unknown_skips)}: not in the pipeline {', '.join(p.name for p in self.passes)}")
-        for p in self.passes:
-            if p.name in self.skip:
-                continue
+        ctx.pipeline = [p for p in self.passes if p.name not in self.skip]
+        for instrument in self.instruments:
+            instrument.enter_pipeline(ctx.pipeline, ctx)
+        for p in ctx.pipeline:
             ran = ", ".join(ctx.passes_run) or "none"
+            for instrument in self.instruments:
+                instrument.before_pass(p, graph, ctx)
             start = time.perf_counter()
             try:
                 p.requires(graph, ctx)
@@ -218,9 +342,11 @@ class PassManager:
                 raise type(exc)(f"pass '{p}' failed (passes run before it: {ran}): {exc}") from None
             except Exception as exc:
                 raise PassError(f"pass '{p}' crashed (passes run before it: {ran}): {type(exc).__name__}: {exc}") from exc
-            self.timings.append((p.name, time.perf_counter() - start))
+            seconds = time.perf_counter() - start
             ctx.passes_run.append(str(p))
             graph.verify(after_pass=str(p))
-            if self.print_after_each:
-                self.print_ir(str(p), str(graph))
+            for instrument in self.instruments:
+                instrument.after_pass(p, graph, ctx, seconds)
+        for instrument in self.instruments:
+            instrument.exit_pipeline(graph, ctx)
         return graph

@@ -143,25 +143,27 @@ def run_sweep(
     """Compile and evaluate ``model`` at every grid point: naive (full-scale and least-squares
     calibration) and reconstructed from the same float network. ``on_step(text)`` is called
     after each of the ``len(points) × len(methods)`` compilations."""
-    from rramc.compiler import compile as compile_model
+    from rramc.driver import compile as compile_model
+    from rramc.pipeline import named_pipeline
 
     base = load_target(target)
     points = grid_targets(base, axes)
-    calibration = train.shuffled(seed).take(calibration_samples).images
-    methods = {"naive": "canonicalize,quantize,tile,calibrate,emit"}
+    calibration = train.shuffled(seed).take(calibration_samples)
+    methods: dict[str, Any] = {"naive": "naive"}
     if least_squares:
-        methods["naive_least_squares"] = "canonicalize,quantize,tile,calibrate{gain=least_squares},emit"
+        methods["naive_least_squares"] = "least_squares"
     if reconstruct:
-        lr_option = "" if lr is None else f",lr={lr}"
-        methods["reconstructed"] = (f"canonicalize,reconstruct{{epochs={epochs},optimizer={optimizer}{lr_option},batch_size={batch_size},"
-                                    f"seed={seed}}},quantize,tile,calibrate,emit")
+        options: dict[str, Any] = {"epochs": epochs, "optimizer": optimizer, "batch_size": batch_size, "seed": seed}
+        if lr is not None:
+            options["lr"] = lr
+        methods["reconstructed"] = named_pipeline("reconstruct", reconstruct=options)
     result = SweepResult({k: list(v) for k, v in axes.items()}, meta={"target": base.name, "dataset": test.name, "epochs": epochs,
                                                                         "optimizer": optimizer, "lr": lr,
                                                                         "title": f"{test.name} on {base.name}"})
     for point, spec in points:
         row: dict[str, Any] = dict(point)
         for method, pipeline in methods.items():
-            exe = compile_model(model, spec, calibration[:2], calibration_data=calibration, training_data=train,
+            exe = compile_model(model, spec, calibration.images[:2], calibration_data=calibration, training_data=train,
                                 pipeline=pipeline, seed=seed)
             report = exe.run(test)
             row.setdefault("float", report.float_accuracy)

@@ -8,6 +8,7 @@ With ``data_dir``: ``data_dir`` itself and ``data_dir/<name>``. CIFAR-10 is also
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -29,6 +30,10 @@ _NUM_CLASSES = 10
 _MAX_PIXEL = np.float32(255.0)
 
 
+VALUE_RANGE = (0.0, 1.0)
+"""The range of every data set's pixel values (intensities / 255): the declared input range of networks compiled on them."""
+
+
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensor fields with == is ambiguous
 class Dataset:
     """One split of a data set: images (N, C, H, W) float32 in [0, 1] and labels (N,) int64."""
@@ -38,6 +43,8 @@ class Dataset:
     images: torch.Tensor
     labels: torch.Tensor
     num_classes: int
+    value_range: tuple[float, float] = VALUE_RANGE
+    """The range the images' values lie in; compiling on the data set declares it as the input range."""
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.float32 or self.images.ndim != 4:
@@ -164,3 +171,21 @@ def load_dataset(
     if name == "cifar10":
         return _to_dataset(name, split, *cifar.load_cifar_split(directory, split))
     return _to_dataset(name, split, *idx.load_idx_split(directory, split, name))
+
+
+def fit_inputs(images: torch.Tensor, shape: tuple[int, ...], dataset: str) -> torch.Tensor:
+    """Give data-set samples the network's input shape (flattening if the sizes agree)."""
+    if tuple(images.shape[1:]) == shape:
+        return images
+    if math.prod(images.shape[1:]) == math.prod(shape):
+        return images.reshape(images.shape[0], *shape)
+    raise DatasetError(
+        f"data set '{dataset}' has samples of shape {list(images.shape[1:])} ({math.prod(images.shape[1:])} values), "
+        f"but the network takes {list(shape)} ({math.prod(shape)} values); use a data set of the size it was trained on"
+    )
+
+
+def check_classes(outputs: int, dataset: Dataset) -> None:
+    """Refuse a data set with more classes than the network has outputs."""
+    if outputs < dataset.num_classes:
+        raise DatasetError(f"the network has {outputs} outputs but data set '{dataset.name}' has {dataset.num_classes} classes")

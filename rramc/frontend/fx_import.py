@@ -489,8 +489,11 @@ def import_graph_module(gm: torch.fx.GraphModule, example_inputs: tuple[Tensor, 
 def import_module(model: nn.Module, example_input: Tensor, source: str = "model") -> Graph:
     """Trace an ``nn.Module`` with ``torch.fx.symbolic_trace`` and import it."""
     if isinstance(model, torch.fx.GraphModule):
-        gm = model  # already a graph (e.g. ExportedProgram.module(), which refuses .eval())
-    else:
+        return import_graph_module(model, (example_input,), source)  # already a graph (e.g. ExportedProgram.module())
+    # Trace and propagate shapes in eval mode (BatchNorm's running statistics, no dropout), then
+    # give every submodule back the mode it had: the caller's model is theirs.
+    modes = {m: m.training for m in model.modules()}
+    try:
         try:
             gm = torch.fx.symbolic_trace(model.eval())
         except Exception as exc:
@@ -498,7 +501,10 @@ def import_module(model: nn.Module, example_input: Tensor, source: str = "model"
                 f"{source}: torch.fx cannot trace the model ({type(exc).__name__}: {exc}); data-dependent Python control "
                 "flow is the usual cause. Export it with torch.export and compile the .pt2 instead."
             ) from None
-    return import_graph_module(gm, (example_input,), source)
+        return import_graph_module(gm, (example_input,), source)
+    finally:
+        for module, training in modes.items():
+            module.training = training
 
 
 def import_exported(program: torch.export.ExportedProgram, source: str = "exported program") -> Graph:

@@ -9,11 +9,8 @@ of ``g(V)`` with the conductances, and :meth:`DeviceModel.unit_current` gives ``
 from __future__ import annotations
 
 import csv
-import dataclasses
-import functools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,26 +33,6 @@ class DeviceContext:
     directory: Path | None = None
 
 
-@dataclass(frozen=True, eq=False)
-class SeparableExpansion:
-    """``f(V, G) ≈ Σ_k φ_k(V)·ψ_k(G)`` for ``0 ≤ V ≤ v_max``: a non-separable device as a few matmuls.
-
-    ``max_error`` is the largest deviation from :meth:`DeviceModel.current` measured on a dense
-    grid of voltages and conductances, relative to the largest current on that grid.
-    """
-
-    voltage_terms: Callable[[Tensor], list[Tensor]]
-    conductance_terms: Callable[[Tensor], list[Tensor]]
-    terms: int
-    v_max: float
-    max_error: float = float("nan")
-    description: str = ""
-
-    def current(self, v: Tensor, g: Tensor) -> Tensor:
-        """The expansion evaluated elementwise (for checks; the runtime uses the terms in matmuls)."""
-        return sum(phi * psi for phi, psi in zip(self.voltage_terms(v), self.conductance_terms(g)))  # type: ignore[return-value]
-
-
 class DeviceModel(ABC):
     """Base of the I-V models. Subclasses are frozen dataclasses of their YAML fields."""
 
@@ -74,10 +51,6 @@ class DeviceModel(ABC):
 
     def non_differentiable_field(self) -> str | None:
         """The field that makes this device unusable for gradient training, if any."""
-        return None
-
-    def expansion(self, v_max: float, g_range: tuple[float, float]) -> SeparableExpansion | None:
-        """A separable expansion of a non-separable device over ``[0, v_max]`` × ``g_range``, if it has one."""
         return None
 
     @classmethod
@@ -208,40 +181,6 @@ class StateDependentSinhDevice(DeviceModel):
         g = torch.as_tensor(g, dtype=v.dtype, device=v.device)
         return g * v_sinhc(v, self.b_of(g))
 
-    def expansion(self, v_max: float, g_range: tuple[float, float]) -> SeparableExpansion:
-        """The Taylor series of sinh in ``V``: ``f = Σ_n [G·B(G)^2n·Vmax^(2n+1)/(2n+1)!]·(V/Vmax)^(2n+1)``.
-
-        All terms are positive for ``V ≥ 0`` (no cancellation); the series is cut where its tail
-        falls below 1e-9 of the sum at the largest ``B·Vmax``.
-        """
-        z = max(sinh_b_from_k(self.nonlinearity_k_hrs, self.k_voltage), sinh_b_from_k(self.nonlinearity_k_lrs, self.k_voltage)) * v_max
-        total, terms, term = math.sinh(z) / z if z > 0 else 1.0, 0, 1.0
-        partial = 0.0
-        while partial < total * (1 - 1e-9):
-            term = z ** (2 * terms) / math.factorial(2 * terms + 1)
-            partial += term
-            terms += 1
-        factorials = [float(math.factorial(2 * n + 1)) for n in range(terms)]
-
-        def voltage_terms(v: Tensor) -> list[Tensor]:
-            x = v / v_max
-            x2, powers, p = x * x, [], x
-            for _ in range(terms):
-                powers.append(p)
-                p = p * x2
-            return powers
-
-        def conductance_terms(g: Tensor) -> list[Tensor]:
-            bv = self.b_of(g) * v_max
-            bv2, out, p = bv * bv, [], g * v_max
-            for n in range(terms):
-                out.append(p / factorials[n])
-                p = p * bv2
-            return out
-
-        return _measured(self, SeparableExpansion(voltage_terms, conductance_terms, terms, v_max,
-                                                  description=f"{terms}-term series in V"), g_range)
-
 
 @dataclass(frozen=True)
 class PowerDevice(DeviceModel):
@@ -309,9 +248,6 @@ class TableDevice(DeviceModel):
         return {"model": self.model, "voltages": list(self.voltages), "states": list(self.states),
                 "currents": [list(r) for r in self.currents]}
 
-    def expansion(self, v_max: float, g_range: tuple[float, float]) -> SeparableExpansion:
-        return _table_expansion(self, v_max, g_range)
-
     def current(self, v: Tensor, g: Tensor | float) -> Tensor:
         g = torch.as_tensor(g, dtype=v.dtype, device=v.device)
         v, g = torch.broadcast_tensors(v, g)
@@ -328,37 +264,6 @@ class TableDevice(DeviceModel):
         low = at(iv, ig) * (1 - tg) + at(iv, ig + 1) * tg
         high = at(iv + 1, ig) * (1 - tg) + at(iv + 1, ig + 1) * tg
         return low * (1 - tv) + high * tv
-
-
-def _table_expansion(device: TableDevice, v_max: float, g_range: tuple[float, float]) -> SeparableExpansion:
-    """Exact: bilinear interpolation is ``Σ_a hat_a(V)·I_a(G)`` over the table's voltages up to ``v_max``."""
-    last = next(i for i, v in enumerate(device.voltages) if v >= v_max)
-    count = last + 1
-
-    def voltage_terms(v: Tensor) -> list[Tensor]:
-        grid = torch.tensor(device.voltages[:count], dtype=v.dtype, device=v.device)
-        i, t = _bracket(grid, v) if count > 1 else (torch.zeros_like(v, dtype=torch.long), torch.zeros_like(v))
-        return [torch.where(i == a, 1 - t, torch.zeros_like(t)) + torch.where(i + 1 == a, t, torch.zeros_like(t)) for a in range(count)]
-
-    def conductance_terms(g: Tensor) -> list[Tensor]:
-        grid = torch.tensor(device.states, dtype=g.dtype, device=g.device)
-        table = torch.tensor(device.currents, dtype=g.dtype, device=g.device)
-        j, t = _bracket(grid, g)
-        return [table[a][j] * (1 - t) + table[a][j + 1] * t for a in range(count)]
-
-    return _measured(device, SeparableExpansion(voltage_terms, conductance_terms, count, v_max,
-                                                description=f"{count} voltage hat functions (exact)"), g_range)
-
-
-def _measured(device: DeviceModel, expansion: SeparableExpansion, g_range: tuple[float, float]) -> SeparableExpansion:
-    """Attach the expansion's worst deviation from the device on a dense float64 grid."""
-    v = torch.linspace(0, expansion.v_max, 129, dtype=torch.float64)[:, None]
-    low = max(g_range[0], g_range[1] * 1e-6)
-    g = torch.cat([torch.logspace(math.log10(low), math.log10(g_range[1]), 128, dtype=torch.float64),
-                   torch.linspace(g_range[0], g_range[1], 128, dtype=torch.float64)])[None, :]
-    exact = device.current(v, g)
-    error = float((expansion.current(v, g) - exact).abs().max() / exact.abs().max())
-    return dataclasses.replace(expansion, max_error=error)
 
 
 def _bracket(grid: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -404,12 +309,17 @@ def _check_table(voltages: tuple[float, ...], states: tuple[float, ...], current
         torch.zeros(len(states), dtype=torch.float64), torch.tensor(states, dtype=torch.float64))
     if bool((at_zero.abs() > 1e-9 * table.abs().max()).any()):
         raise where.error("every state must carry zero current at 0 V (unselected word lines must not inject current)")
-
-
-@functools.lru_cache(maxsize=64)
-def cached_expansion(device: DeviceModel, v_max: float, g_range: tuple[float, float]) -> SeparableExpansion | None:
-    """:meth:`DeviceModel.expansion`, built (and measured) once per device and range."""
-    return device.expansion(v_max, g_range)
+    v = torch.tensor(voltages, dtype=torch.float64)[:, None]
+    if bool((v * table < -1e-9 * table.abs().max()).any()):
+        at = torch.nonzero(v * table < -1e-9 * table.abs().max())[0]
+        raise where.error(f"the current opposes the voltage at {voltages[int(at[0])]:g} V, state {states[int(at[1])]:g} S: "
+                          "a passive cell's current has the sign of its voltage")
+    device = TableDevice(voltages=voltages, states=states, currents=currents)
+    g = torch.linspace(ctx.g_min, ctx.g_max, 257, dtype=torch.float64)
+    read = device.current(torch.full_like(g, ctx.read_voltage), g)
+    if bool((read[1:] <= read[:-1]).any()):
+        raise where.error(f"the current at the read voltage {ctx.read_voltage:g} V must rise with G over g_min..g_max; "
+                          "otherwise a conductance cannot be told from its read current")
 
 
 DEVICE_MODELS: Registry[type[DeviceModel]] = Registry(

@@ -1,12 +1,13 @@
 """Targets: a chip's devices, arrays and converters, loaded from a validated YAML spec.
 
-A target file has four sections (see ``targets/rram_a.yaml``)::
+A target file has these sections (see ``targets/rram_a.yaml``)::
 
     name: rram_a
     device:        {model: sinh, nonlinearity_k: 7.5}     # the cell's I-V (see devices.py)
     conductance:   {g_min: 2.0e-6, g_max: 1.0e-4, levels: 32}
-    crossbar:      {rows: 128, cols: 128, weight_encoding: differential, read_voltage: 1.0,
-                    dac_bits: 8, adc_bits: 8}
+    crossbar:      {rows: 128, cols: 128, weight_encoding: differential, input_encoding: amplitude,
+                    read_voltage: 1.0, dac_bits: 8, adc_bits: 8}
+    wires:         {model: ideal}                         # optional: the column solver
     nonidealities: {programming_sigma: 0.0, read_noise_sigma: 0.0, ...}   # optional, all 0
 
 Builtin targets (``ideal``, ``rram_a``, ``rram_b``) ship in the ``rramc.targets`` package.
@@ -15,16 +16,20 @@ Builtin targets (``ideal``, ``rram_a``, ``rram_b``) ship in the ``rramc.targets`
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from rramc.errors import TargetError
 from rramc.hardware.config import Location, build, spec_field, to_mapping
 from rramc.hardware.devices import DEVICE_MODELS, DeviceContext, DeviceModel
+
+if TYPE_CHECKING:
+    from rramc.hardware.column_solver import ColumnSolver
 
 
 @dataclass(frozen=True)
@@ -48,21 +53,24 @@ class CrossbarSpec:
     cols: int = spec_field("bit lines per array; a differential pair uses two", low=2, high=65536)
     read_voltage: float = spec_field("word-line voltage of a full-scale input (x = 1)", unit="V", low=0.0, low_open=True, high=10.0)
     weight_encoding: str = spec_field(
-        "signed weights as a differential column pair (G+ - G-) or against one reference column per array at (g_min+g_max)/2",
-        choices=("differential", "offset"), default="differential",
+        "how signed weights are held: differential (a column pair, G+ - G-), offset (against one reference column "
+        "per array at the middle level), or a plugin's (rramc.weight_encodings)", default="differential",
+    )
+    input_encoding: str = spec_field(
+        "how activations reach the word lines: amplitude (the DAC sets the read voltage), or a plugin's "
+        "(rramc.input_encodings)", default="amplitude",
     )
     dac_bits: int | None = spec_field("input DAC resolution; null: ideal (no quantisation, no clipping)", low=1, high=16, default=None)
     adc_bits: int | None = spec_field("signed ADC resolution per tile output; null: ideal", low=2, high=16, default=None)
 
-    @property
-    def outputs_per_array(self) -> int:
-        """Weight columns one array holds after the encoding's extra columns."""
-        return self.cols // 2 if self.weight_encoding == "differential" else self.cols - 1
-
 
 @dataclass(frozen=True)
 class NonidealitySpec:
-    """Non-idealities, each off (0) unless the target sets it."""
+    """The random non-idealities of a chip instance, each off (0) unless the target sets it.
+
+    Calibration runs on the nominal chip, with all of them off (:meth:`Target.nominal`): a field
+    added here is off there without further code. Deterministic effects (wires) live elsewhere.
+    """
 
     programming_sigma: float = spec_field("std of the programmed conductance, as a fraction of g_max - g_min", low=0.0, high=1.0, default=0.0)
     read_noise_sigma: float = spec_field("std of each cell's read current, relative to it", low=0.0, high=1.0, default=0.0)
@@ -89,6 +97,13 @@ class Target:
     nonidealities: NonidealitySpec
     description: str = ""
     source: str = field(default="<memory>", compare=False)
+    wires: ColumnSolver = field(default=None)  # type: ignore[assignment]  # set in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.wires is None:
+            from rramc.hardware.column_solver import IdealWires
+
+            object.__setattr__(self, "wires", IdealWires())
 
     @classmethod
     def from_mapping(cls, data: Any, source: str = "<memory>", directory: Path | None = None) -> Target:
@@ -96,7 +111,7 @@ class Target:
         top = Location(source)
         if not isinstance(data, dict):
             raise top.error(f"expected a mapping with sections name, device, conductance, crossbar; got {type(data).__name__}")
-        allowed = {"name", "description", "device", "conductance", "crossbar", "nonidealities"}
+        allowed = {"name", "description", "device", "conductance", "crossbar", "wires", "nonidealities"}
         unknown = sorted(set(map(str, data)) - allowed)
         if unknown:
             raise top.error(f"unknown section(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
@@ -114,7 +129,9 @@ class Target:
         nonidealities = build(NonidealitySpec, data.get("nonidealities") or {}, top.child("nonidealities"))
         ctx = DeviceContext(crossbar.read_voltage, conductance.g_min, conductance.g_max, directory)
         device = _build_device(data["device"], top.child("device"), ctx)
-        return cls(name, device, conductance, crossbar, nonidealities, description, source)
+        _check_encodings(crossbar, top.child("crossbar"))
+        wires = _build_wires(data.get("wires") or {"model": "ideal"}, top.child("wires"))
+        return cls(name, device, conductance, crossbar, nonidealities, description, source, wires)
 
     def to_mapping(self) -> dict[str, Any]:
         """A self-contained mapping that :meth:`from_mapping` turns back into an equal target."""
@@ -124,8 +141,16 @@ class Target:
             "device": self.device.to_mapping(),
             "conductance": to_mapping(self.conductance),
             "crossbar": to_mapping(self.crossbar),
+            "wires": self.wires.to_mapping(),
             "nonidealities": to_mapping(self.nonidealities),
         }
+
+    def nominal(self) -> Target:
+        """This target without its random non-idealities (variation, faults, read noise): what
+        calibration sees."""
+        if not self.nonidealities.any:
+            return self
+        return _nominal(self)
 
     def with_changes(self, **sections: dict[str, Any]) -> Target:
         """A new, re-validated target with fields of some sections changed.
@@ -135,12 +160,12 @@ class Target:
         """
         data = self.to_mapping()
         for section, changes in sections.items():
-            if section == "device" and "model" in changes:
+            if section in ("device", "wires") and "model" in changes:
                 data[section] = dict(changes)
             elif section == "device":
                 data[section] = _merge_device(data[section], changes)
             else:
-                data[section] = {**data[section], **changes}
+                data[section] = {**data.get(section, {}), **changes}
         return Target.from_mapping(data, f"{self.source} (modified)")
 
     def describe(self) -> str:
@@ -150,8 +175,10 @@ class Target:
         adc = f"{x.adc_bits}-bit ADC" if x.adc_bits else "ideal ADC"
         device = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.device.to_mapping().items()
                            if not isinstance(v, list))
+        encodings = x.weight_encoding + ("" if x.input_encoding == "amplitude" else f", {x.input_encoding} inputs")
+        wires = "" if self.wires.model == "ideal" else f"; wires: {self.wires.model}"
         return (f"{self.name}: {device}; G {c.g_min * 1e6:g}-{c.g_max * 1e6:g} µS ({levels}); "
-                f"{x.rows}×{x.cols} arrays ({x.weight_encoding}); Vread {x.read_voltage:g} V; {dac}; {adc}")
+                f"{x.rows}×{x.cols} arrays ({encodings}); Vread {x.read_voltage:g} V; {dac}; {adc}{wires}")
 
 
 def _merge_device(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +190,33 @@ def _merge_device(current: dict[str, Any], changes: dict[str, Any]) -> dict[str,
     if "nonlinearity_k" in changes:
         merged.pop("b", None)
     return merged
+
+
+@functools.lru_cache(maxsize=64)
+def _nominal(target: Target) -> Target:
+    return dataclasses.replace(target, nonidealities=NonidealitySpec())
+
+
+def _check_encodings(crossbar: CrossbarSpec, where: Location) -> None:
+    from rramc.hardware.input_encoding import INPUT_ENCODINGS
+    from rramc.hardware.weight_encoding import WEIGHT_ENCODINGS
+
+    for name, registry in (("weight_encoding", WEIGHT_ENCODINGS), ("input_encoding", INPUT_ENCODINGS)):
+        value = getattr(crossbar, name)
+        if value not in registry.names():
+            raise where.child(name).error(f"got {value!r}; expected one of {', '.join(registry.names())}")
+        registry.get(value)  # a plugin that breaks the interface is refused here, with its origin
+
+
+def _build_wires(data: Any, where: Location) -> ColumnSolver:
+    from rramc.hardware.column_solver import COLUMN_SOLVERS
+
+    if not isinstance(data, dict) or "model" not in data:
+        raise where.child("model").error(f"missing; expected one of {', '.join(COLUMN_SOLVERS.names())}")
+    model = data["model"]
+    if model not in COLUMN_SOLVERS.names():
+        raise where.child("model").error(f"got {model!r}; expected one of {', '.join(COLUMN_SOLVERS.names())}")
+    return COLUMN_SOLVERS.get(model).from_mapping({k: v for k, v in data.items() if k != "model"}, where)
 
 
 def _build_device(data: Any, where: Location, ctx: DeviceContext) -> DeviceModel:
@@ -224,4 +278,8 @@ def target_fields() -> dict[str, list[tuple[str, str]]]:
         if dataclasses.is_dataclass(cls) and name != "table":
             sections[f"device (model: {name})"] = field_docs(cls)
     sections["device (model: table)"] = [("file", "CSV: header 'voltage,<G1>,<G2>,...' [V, S], rows of currents [A]")]
+    from rramc.hardware.column_solver import COLUMN_SOLVERS
+
+    for name, cls in COLUMN_SOLVERS:
+        sections[f"wires (model: {name})"] = field_docs(cls) or [("", "no fields")]
     return sections

@@ -1,5 +1,6 @@
 """rramc's intermediate representation: typed ops in a verified dataflow graph."""
 
+from rramc.ir.attributes import ATTRIBUTES, Attribute, DeviceTraining, InputRange
 from rramc.ir.graph import Graph, Node
 from rramc.ir.ops import (
     CROSSBAR_KINDS,
@@ -24,10 +25,11 @@ from rramc.ir.ops import (
     Shape,
     register_op,
 )
+from rramc.ir.parser import IRParseError, parse_graph
 from rramc.ir.printer import print_graph
 
 __all__ = [
-    "CROSSBAR_KINDS", "OPS", "Add", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm", "ChannelAffine",
+    "ATTRIBUTES", "Attribute", "DeviceTraining", "IRParseError", "InputRange", "parse_graph", "CROSSBAR_KINDS", "OPS", "Add", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm", "ChannelAffine",
     "Clamp", "Conv2d", "CrossbarConv2d", "CrossbarLinear", "CrossbarOp", "Graph", "Input", "Linear",
     "MaxPool2d", "Node", "Op", "Output", "ReLU", "Reshape", "Shape", "print_graph", "register_op",
 ]

@@ -174,14 +174,13 @@ class Graph:
             if not node.shape or any(s < 1 for s in node.shape):
                 raise fail(f"shape {list(node.shape)} is empty or has a non-positive dimension")
             operands = [self._nodes[i].shape for i in node.inputs]
-            if not isinstance(node.op, Input):
-                try:
-                    node.op.verify_(operands)
-                    inferred = tuple(node.op.infer_shape(operands))
-                except (ValueError, IndexError, TypeError) as exc:
-                    raise fail(str(exc)) from None
-                if inferred != node.shape:
-                    raise fail(f"recorded shape {list(node.shape)} but the op computes {list(inferred)}")
+            try:
+                node.op.verify(operands)
+                inferred = node.shape if isinstance(node.op, Input) else tuple(node.op.infer_shape(operands))
+            except (ValueError, IndexError, TypeError) as exc:
+                raise fail(str(exc)) from None
+            if inferred != node.shape:
+                raise fail(f"recorded shape {list(node.shape)} but the op computes {list(inferred)}")
             seen.add(node.name)
         output = self.output
         if list(self._nodes)[-1] != output.name:
@@ -192,7 +191,21 @@ class Graph:
     # --- printing ------------------------------------------------------------------------------
 
     def __str__(self) -> str:
+        """The IR text for people: tensors of more than 8 values show only their type and shape."""
+        from rramc.ir.printer import print_graph
+
+        return print_graph(self, max_elements=8)
+
+    def to_text(self) -> str:
+        """The complete IR text, every tensor value included: :meth:`parse` reads it back."""
         from rramc.ir.printer import print_graph
 
         return print_graph(self)
+
+    @classmethod
+    def parse(cls, text: str) -> Graph:
+        """A verified graph from IR text written by :meth:`to_text` (or by hand)."""
+        from rramc.ir.parser import parse_graph
+
+        return parse_graph(text)
 

@@ -21,6 +21,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from rramc.ir.attributes import Attribute, DeviceTraining, InputRange
+
 Shape = tuple[int, ...]
 
 OPS: dict[str, type[Op]] = {}
@@ -47,6 +49,11 @@ class Op:
 
     def verify_(self, operands: list[Shape]) -> None:
         """Raise ``ValueError`` if the attributes do not fit the operand shapes."""
+
+    def verify(self, operands: list[Shape]) -> None:
+        """Check typed attributes, then :meth:`verify_`; the graph verifier calls this."""
+        _check_attributes(self)
+        self.verify_(operands)
 
     def attributes(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -82,16 +89,34 @@ def _check_vector(name: str, value: Tensor | None, length: int) -> None:
         raise ValueError(f"{name} has shape {list(value.shape)}, expected [{length}]")
 
 
+def _check_attributes(op: Op) -> None:
+    for value in op.attributes().values():
+        if isinstance(value, Attribute):
+            value.check()
+
+
 @register_op
 @dataclass(eq=False, kw_only=True)
 class Input(Op):
-    """A network input. Its per-sample shape is the node's shape."""
+    """A network input. Its per-sample shape is the node's shape.
+
+    ``value_range`` is the declared range of its values (a data set's, or the user's): it
+    decides whether the first crossbar layer reads signed inputs. Undeclared inputs are
+    taken to be signed.
+    """
 
     kind: ClassVar[str] = "input"
     arity: ClassVar[int] = 0
+    value_range: tuple[float, float] | None = None
 
     def infer_shape(self, operands: list[Shape]) -> Shape:  # pragma: no cover - never called
         raise ValueError("an input's shape is given, not inferred")
+
+    def verify_(self, operands: list[Shape]) -> None:
+        if self.value_range is not None:
+            low, high = self.value_range
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise ValueError(f"value_range {self.value_range} must be finite with low < high")
 
 
 @register_op
@@ -105,11 +130,18 @@ class Output(Op):
 @register_op
 @dataclass(eq=False, kw_only=True)
 class Linear(Op):
-    """``y = x @ weight.T + bias`` on a flat feature vector."""
+    """``y = x @ weight.T + bias`` on a flat feature vector.
+
+    ``trained_for`` marks a layer retrained through a device (its float model is then the
+    device-aware one) and ``input_range`` the input range it was trained with, which the
+    crossbar op it is lowered to keeps.
+    """
 
     kind: ClassVar[str] = "linear"
     weight: Tensor
     bias: Tensor | None = None
+    input_range: InputRange | None = None
+    trained_for: DeviceTraining | None = None
 
     def infer_shape(self, operands: list[Shape]) -> Shape:
         return (self.weight.shape[0],)
@@ -141,11 +173,14 @@ class _ConvGeometry:
 @register_op
 @dataclass(eq=False, kw_only=True)
 class Conv2d(_ConvGeometry, Op):
-    """2-D convolution, ``weight`` of shape ``[out, in, kh, kw]``."""
+    """2-D convolution, ``weight`` of shape ``[out, in, kh, kw]``; ``input_range`` and
+    ``trained_for`` as for :class:`Linear`."""
 
     kind: ClassVar[str] = "conv2d"
     weight: Tensor
     bias: Tensor | None = None
+    input_range: InputRange | None = None
+    trained_for: DeviceTraining | None = None
 
     def infer_shape(self, operands: list[Shape]) -> Shape:
         return self.conv_out_shape(operands[0], self.weight.shape[0], tuple(self.weight.shape[2:]))
@@ -315,17 +350,19 @@ class CrossbarOp(Op):
     """A weighted sum computed on crossbar arrays.
 
     Conductances are stored as a matrix with one row per word line (input) and one column per
-    output: ``g_pos`` and ``g_neg`` are the two cells of each weight (the two columns of a
-    differential pair, or the weight column and the shared reference column), in siemens.
-    ``conductance_per_weight`` (S per weight unit, per output) is the mapping's scale, so that
-    ``g_pos - g_neg ≈ weight.T * conductance_per_weight``.
+    output: ``g_pos`` and ``g_neg`` are the two cells of each weight as the weight encoding
+    ``weight_encoding`` places them (the two columns of a differential pair, or the weight column
+    and the shared reference column), in siemens. ``conductance_per_weight`` (S per weight unit,
+    per output) is the mapping's scale. ``input_encoding`` names how activations become
+    word-line signals (``amplitude``: the activation sets the read voltage).
 
     The fields after the conductances are filled by later passes: ``tile`` sets ``row_splits`` and
     ``col_splits`` (the grid of array-sized tiles, partial sums added after the ADC), ``calibrate``
-    sets ``input_scale`` (the activation applied as the full read voltage), ``gain`` (A → output
-    units, per output), ``adc_range`` (full-scale current of each tile's ADC, in A) and, when it
-    fits the neuron to data, ``offset`` (added after the gain instead of ``bias``; ``bias``
-    stays the float layer's).
+    sets ``input_range`` (the activation applied as the full read voltage, and whether inputs are
+    signed), ``gain`` (A → output units, per output), ``adc_range`` (full-scale current of each
+    tile's ADC, in A) and, when it fits the neuron to data, ``offset`` (added after the gain
+    instead of ``bias``; ``bias`` stays the float layer's). ``trained_for`` is carried over from
+    the float layer (see :class:`Linear`).
     """
 
     weight: Tensor
@@ -333,15 +370,17 @@ class CrossbarOp(Op):
     g_pos: Tensor
     g_neg: Tensor
     conductance_per_weight: Tensor
+    weight_encoding: str = "differential"
+    input_encoding: str = "amplitude"
     dac_bits: int | None = None
     adc_bits: int | None = None
-    input_signed: bool = False
-    input_scale: float | None = None
+    input_range: InputRange | None = None
     gain: Tensor | None = None
     offset: Tensor | None = None
     row_splits: tuple[int, ...] | None = None
     col_splits: tuple[int, ...] | None = None
     adc_range: Tensor | None = None
+    trained_for: DeviceTraining | None = None
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -365,6 +404,15 @@ class CrossbarOp(Op):
         assert self.row_splits is not None and self.col_splits is not None
         return (len(self.row_splits) - 1, len(self.col_splits) - 1)
 
+    @property
+    def is_tiled(self) -> bool:
+        return self.row_splits is not None
+
+    @property
+    def is_calibrated(self) -> bool:
+        """Everything the chip needs to run it is set: input range, gain and, with an ADC, its ranges."""
+        return self.input_range is not None and self.gain is not None and (self.adc_bits is None or self.adc_range is not None)
+
     def verify_mapping(self) -> None:
         rows, cols = self.matrix_shape
         if tuple(self.flat_weight().shape) != (cols, rows):
@@ -377,11 +425,12 @@ class CrossbarOp(Op):
         _check_vector("offset", self.offset, cols)
         if bool((self.g_pos < 0).any() or (self.g_neg < 0).any()):
             raise ValueError("conductances must be non-negative")
+        for name in ("weight_encoding", "input_encoding"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must name an encoding")
         for name, bits in (("dac_bits", self.dac_bits), ("adc_bits", self.adc_bits)):
             if bits is not None and not 1 <= bits <= 32:
                 raise ValueError(f"{name} = {bits}, expected 1..32 or None (ideal)")
-        if self.input_scale is not None and not self.input_scale > 0:
-            raise ValueError(f"input_scale = {self.input_scale}, expected > 0")
         if (self.row_splits is None) != (self.col_splits is None):
             raise ValueError("row_splits and col_splits must be set together")
         if self.row_splits is not None:
@@ -391,6 +440,12 @@ class CrossbarOp(Op):
                 raise ValueError(f"adc_range {list(self.adc_range.shape)} does not match the tile grid {list(self.grid)}")
         elif self.adc_range is not None:
             raise ValueError("adc_range is set but the layer is not tiled")
+        if self.adc_range is not None and not bool(torch.isfinite(self.adc_range).all() and (self.adc_range >= 0).all()):
+            raise ValueError("adc_range must be finite and non-negative")
+        for name in ("gain", "offset"):
+            value = getattr(self, name)
+            if value is not None and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{name} has non-finite values")
 
 
 def _check_splits(name: str, splits: tuple[int, ...] | None, size: int) -> None:

@@ -1,38 +1,86 @@
-"""Run an executable over a data set: float and chip side by side, batch by batch."""
+"""Run an executable over a data set: float and chip side by side, batch by batch.
+
+The float network and the chip each run on the one interpreter; what the report needs is
+gathered by observers: each crossbar layer's error (:class:`LayerErrors`), the inputs the chip
+clipped (:class:`~rramc.hardware.observers.ClipCounter`) and the cost observers' counts.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from rramc.datasets import check_classes, fit_inputs
 from rramc.errors import DatasetError
-from rramc.ir import CrossbarOp
+from rramc.hardware.interpreter import Chip, FloatKernel, Interpreter
+from rramc.hardware.observers import COST_OBSERVERS, ClipCounter, Observer
+from rramc.ir import CrossbarOp, Node
 from rramc.runtime.report import LayerReport, Report
 
 if TYPE_CHECKING:
     from rramc.datasets import Dataset
     from rramc.runtime.executable import Executable
 
-
-def fit_inputs(images: Tensor, shape: tuple[int, ...], dataset: str) -> Tensor:
-    """Give data-set samples the network's input shape (flattening if the sizes agree)."""
-    if tuple(images.shape[1:]) == shape:
-        return images
-    if math.prod(images.shape[1:]) == math.prod(shape):
-        return images.reshape(images.shape[0], *shape)
-    raise DatasetError(
-        f"data set '{dataset}' has samples of shape {list(images.shape[1:])} ({math.prod(images.shape[1:])} values), "
-        f"but the network takes {list(shape)} ({math.prod(shape)} values); use a data set of the size it was trained on"
-    )
+UNCORRELATED = 0.5
+"""Below this correlation between chip and float outputs the report warns that the chip's output is not to be trusted."""
 
 
-def check_classes(outputs: int, dataset: Dataset) -> None:
-    if outputs < dataset.num_classes:
-        raise DatasetError(f"the network has {outputs} outputs but data set '{dataset.name}' has {dataset.num_classes} classes")
+class LayerErrors(Observer):
+    """Squared error of every crossbar layer's output against the float network's, two ways.
+
+    ``cumulative``: the chip's activation against the float one (what has compounded by then);
+    ``local``: the layer alone, fed the float network's input activation — read noise for it is
+    drawn from its own ``generator``, so these diagnostics never change the chip's outputs.
+    """
+
+    def __init__(self, chip: Chip, layers: Sequence[Node], generator: torch.Generator | None) -> None:
+        self.chip, self.generator = chip, generator
+        self.names = {n.name for n in layers}
+        self.local = dict.fromkeys(self.names, 0.0)
+        self.cumulative = dict.fromkeys(self.names, 0.0)
+        self.norm = dict.fromkeys(self.names, 0.0)
+        self.reference: dict[str, Tensor] = {}
+
+    def on_node(self, node: Node, operands: list[Tensor], value: Tensor) -> None:
+        if node.name not in self.names:
+            return
+        expected = self.reference[node.name]
+        alone = self.chip.layers[node.name](self.reference[node.inputs[0]], self.generator)
+        self.local[node.name] += float(((alone - expected) ** 2).sum())
+        self.cumulative[node.name] += float(((value - expected) ** 2).sum())
+        self.norm[node.name] += float((expected**2).sum())
+
+    def relative(self, name: str) -> tuple[float, float]:
+        norm = self.norm[name]
+        if norm <= 0:
+            return 0.0, 0.0
+        return math.sqrt(self.local[name] / norm), math.sqrt(self.cumulative[name] / norm)
+
+
+class _Correlation:
+    """Pearson correlation of two streams of numbers, accumulated batch by batch."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sums = torch.zeros(5, dtype=torch.float64)  # x, y, xx, yy, xy
+
+    def add(self, x: Tensor, y: Tensor) -> None:
+        x, y = x.detach().double().reshape(-1).cpu(), y.detach().double().reshape(-1).cpu()
+        self.n += x.numel()
+        self.sums += torch.stack([x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()])
+
+    def value(self) -> float:
+        sx, sy, sxx, syy, sxy = self.sums.tolist()
+        n = self.n
+        var_x, var_y = sxx - sx * sx / n, syy - sy * sy / n
+        if var_x <= 0 or var_y <= 0:
+            return 1.0 if var_x == var_y == 0 else 0.0
+        return (sxy - sx * sy / n) / math.sqrt(var_x * var_y)
 
 
 @torch.no_grad()
@@ -45,10 +93,13 @@ def evaluate(
     device: torch.device | str = "cpu",
     limit: int | None = None,
     progress: bool = False,
+    cost: Sequence[str] = ("operations",),
 ) -> Report:
-    """Accuracy of the float network and of the simulated chip, and each crossbar layer's error.
+    """Accuracy of the float network and of the simulated chip, each crossbar layer's error, the
+    inputs the chip clipped and the ``cost`` observers' summaries (per inference).
 
-    ``limit`` evaluates the first samples only; ``seed`` selects the chip instance.
+    ``limit`` evaluates the first samples only; ``seed`` selects the chip instance and its read
+    noise, drawn as :meth:`Executable.__call__` draws it: a single batch gives the same outputs.
     """
     if batch_size < 1:
         raise DatasetError(f"batch size {batch_size}: need at least 1")
@@ -59,57 +110,77 @@ def evaluate(
         raise DatasetError(f"data set '{dataset.name}' ({dataset.split}) has no samples to evaluate" + (" with --limit 0" if limit == 0 else ""))
     check_classes(exe.graph.output.shape[0], dataset)
     fit_inputs(dataset.images[:1], graph_input.shape, dataset.name)
-    reference = exe.program("float", device=device)
-    chip = exe.program("chip", seed=seed, device=device)
-    layers = [n for n in exe.graph.nodes_of(CrossbarOp)]
-    sq_local = dict.fromkeys((n.name for n in layers), 0.0)
-    sq_total = dict(sq_local)
-    sq_ref = dict(sq_local)
+    chip = exe.chip(seed, device=device)
+    layers = exe.graph.nodes_of(CrossbarOp)
+    keep = sorted({n.name for n in layers} | {n.inputs[0] for n in layers})
+    reference = Interpreter(exe.graph, FloatKernel(), device=device)
+    noise = chip.noise()
+    diagnostics = None if noise is None else torch.Generator(device=chip.device).manual_seed(seed * 2 + 2)
+    errors, clips = LayerErrors(chip, layers, diagnostics), ClipCounter()
+    costs = [COST_OBSERVERS.get(name)() for name in cost]
+    simulate = chip.interpreter([clips, *costs, errors], noise)
+    correlation = _Correlation()
     correct_float = correct_chip = agree = 0
     start = time.perf_counter()
-    batches = dataset.batches(batch_size)
     total = -(-len(dataset) // batch_size)
-    for images, labels in _progress(batches, total, progress, f"{dataset.name} on {exe.target.name}"):
+    for images, labels in _progress(dataset.batches(batch_size), total, progress, f"{dataset.name} on {exe.target.name}"):
         x = fit_inputs(images, graph_input.shape, dataset.name)
-        ref = reference.trace(x)
-        out = chip.trace(x)
-        for node in layers:
-            expected = ref[node.name]
-            alone = chip.layers[node.name](ref[node.inputs[0]], chip.generator)
-            sq_local[node.name] += float(((alone - expected) ** 2).sum())
-            sq_total[node.name] += float(((out[node.name] - expected) ** 2).sum())
-            sq_ref[node.name] += float((expected**2).sum())
+        ref_out, errors.reference = reference.run(x, keep=keep)
+        out = simulate.run(x)[0]
+        correlation.add(ref_out, out)
         labels = labels.to(device)
-        float_pred = ref[exe.graph.output.name].argmax(1)
-        chip_pred = out[exe.graph.output.name].argmax(1)
+        float_pred, chip_pred = ref_out.argmax(1), out.argmax(1)
         correct_float += int((float_pred == labels).sum())
         correct_chip += int((chip_pred == labels).sum())
         agree += int((float_pred == chip_pred).sum())
     n = len(dataset)
-
-    def relative(sq: float, name: str) -> float:
-        return math.sqrt(sq / sq_ref[name]) if sq_ref[name] > 0 else 0.0
-
-    return Report(
+    reports = [LayerReport(node.name, node.source, node.op.kind, node.op.matrix_shape, len(node.op.tiles()),  # type: ignore[attr-defined]
+                           *errors.relative(node.name)) for node in layers]
+    clipped = clips.clipped()
+    report = Report(
         dataset=dataset.name, split=dataset.split, samples=n, target=exe.target.name, seed=seed,
-        float_accuracy=correct_float / n, chip_accuracy=correct_chip / n, agreement=agree / n,
-        layers=[LayerReport(node.name, node.source, node.op.kind,
-                            node.op.matrix_shape, len(node.op.tiles()),  # type: ignore[attr-defined]
-                            relative(sq_local[node.name], node.name), relative(sq_total[node.name], node.name))
-                for node in layers],
-        seconds=time.perf_counter() - start, target_description=" ".join(filter(None, [exe.target.describe(), exe.device_evaluation()])),
-        reference=_reference_label(exe),
+        float_accuracy=correct_float / n, chip_accuracy=correct_chip / n, agreement=agree / n, layers=reports,
+        seconds=time.perf_counter() - start, target_description=exe.target.describe(), evaluation=exe.device_evaluation(),
+        reference=_reference_label(exe), output_correlation=correlation.value(),
+        clipped={layer: {"negative": neg, "over_full_scale": over, "inputs": count} for layer, (neg, over, count) in clipped.items()},
+        costs={observer.name: observer.summary(n) for observer in costs},
     )
+    report.warnings = _warnings(report)
+    return report
+
+
+CLIPPED_SHARE = 0.01
+"""Inputs clipped above full scale are normal in small numbers (ranges come from samples); beyond
+this share the report warns. Negative inputs lost by an unsigned layer are always warned about."""
+
+
+def _warnings(report: Report) -> list[str]:
+    warnings = []
+    for layer, counts in report.clipped.items():
+        share = (counts["negative"] + counts["over_full_scale"]) / max(counts["inputs"], 1)
+        if not counts["negative"] and share <= CLIPPED_SHARE:
+            continue
+        what = []
+        if counts["negative"]:
+            what.append(f"{counts['negative']:,} negative values of a layer compiled for unsigned inputs")
+        if counts["over_full_scale"]:
+            what.append(f"{counts['over_full_scale']:,} values above its calibrated full scale")
+        warnings.append(f"layer {layer} clipped {100 * share:.2g} % of its inputs ({' and '.join(what)}): "
+                        "the data differ from what it was calibrated on; declare the input range or recalibrate")
+    if report.output_correlation < UNCORRELATED:
+        warnings.append(f"the chip's outputs are barely correlated with the float network's (r = {report.output_correlation:.2f}): "
+                        "what this chip computes is mostly error, do not trust its accuracy as a property of the network")
+    return warnings
 
 
 def _reference_label(exe: Executable) -> str:
-    trained_for = {str(n.meta["reconstructed"].get("target")) for n in exe.graph if "reconstructed" in n.meta}
+    trained_for = {n.op.trained_for.target_name for n in exe.graph.nodes_of(CrossbarOp) if n.op.trained_for is not None}  # type: ignore[attr-defined]
     if not trained_for:
         return "float (PyTorch)"
     return f"float, device-aware (reconstructed for {', '.join(sorted(trained_for))})"
 
 
-def _progress(batches, total: int, enabled: bool, label: str):  # type: ignore[no-untyped-def]
+def _progress(batches: Iterable[Any], total: int, enabled: bool, label: str) -> Iterator[Any]:
     if not enabled:
         yield from batches
         return

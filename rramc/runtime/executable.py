@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from rramc.errors import ExecutableFormatError, RramcError
+from rramc.errors import ClippedInputWarning, ExecutableFormatError, RramcError
+from rramc.hardware.interpreter import Chip, FloatKernel, Interpreter
+from rramc.hardware.observers import ClipCounter
 from rramc.hardware.target import Target
+from rramc.hardware.weight_encoding import WEIGHT_ENCODINGS
 from rramc.ir import CrossbarOp, Graph
 from rramc.runtime.file_format import deserialize, serialize, write_atomically
-from rramc.runtime.interpreter import Mode, Program
 from rramc.runtime.report import Report
 
 if TYPE_CHECKING:
@@ -23,12 +26,15 @@ class Executable:
     """A network compiled for one target.
 
     Call it on a batch to run the simulated chip, :meth:`reference` for the float network it was
-    compiled from, :meth:`run` on a data set for the accuracy report.
+    compiled from, :meth:`run` on a data set for the accuracy report. The programmed chip of each
+    seed is built once and kept (:meth:`chip`); treat the graph as read-only.
     """
 
     def __init__(self, graph: Graph, target: Target, metadata: dict[str, Any] | None = None) -> None:
         self.graph, self.target = graph, target
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self._chips: dict[tuple[int, str, torch.dtype], Chip] = {}
+        self._warned_clipping = False
 
     def __repr__(self) -> str:
         layers = self.graph.nodes_of(CrossbarOp)
@@ -36,18 +42,35 @@ class Executable:
 
     # --- running -------------------------------------------------------------------------------
 
-    def program(self, mode: Mode = "chip", *, seed: int = 0, device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32) -> Program:
-        """A runnable instance; in chip mode ``seed`` draws the chip's variation and read noise."""
-        return Program(self.graph, self.target, mode, seed=seed, device=device, dtype=dtype)
+    def chip(self, seed: int = 0, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Chip:
+        """The chip instance ``seed`` (programming variation, stuck cells), programmed once and kept."""
+        key = (int(seed), str(torch.device(device)), dtype)
+        if key not in self._chips:
+            self._chips[key] = Chip(self.graph, self.target, seed=seed, device=device, dtype=dtype)
+        return self._chips[key]
 
     def __call__(self, x: Tensor, *, seed: int = 0) -> Tensor:
-        """The simulated chip's outputs for a batch."""
-        return self.program("chip", seed=seed)(x)
+        """The simulated chip's outputs for a batch (chip instance and read noise drawn from ``seed``).
+
+        Warns once (:class:`~rramc.errors.ClippedInputWarning`) when a layer had to clip inputs.
+        """
+        chip = self.chip(seed)
+        clips = ClipCounter()
+        with torch.no_grad():
+            out = chip.interpreter([clips]).run(x)[0]
+        clipped = clips.clipped()
+        if clipped and not self._warned_clipping:
+            self._warned_clipping = True
+            worst = ", ".join(f"{layer}: {neg + over} of {total}" for layer, (neg, over, total) in list(clipped.items())[:3])
+            warnings.warn(ClippedInputWarning(
+                f"the chip clipped inputs outside the calibrated range ({worst}); negative inputs of a layer compiled for "
+                "unsigned inputs are lost. Declare the input range when compiling (input_range=(low, high)) or calibrate "
+                "on representative data."), stacklevel=2)
+        return out
 
     def reference(self, x: Tensor) -> Tensor:
         """The float network's outputs for a batch."""
-        return self.program("float")(x)
+        return Interpreter(self.graph, FloatKernel())(x)
 
     def run(self, dataset: Dataset, **options: Any) -> Report:
         """Evaluate on a :class:`~rramc.datasets.Dataset`; see :func:`rramc.runtime.evaluate.evaluate`."""
@@ -77,18 +100,21 @@ class Executable:
     # --- layout --------------------------------------------------------------------------------
 
     def device_evaluation(self) -> str:
-        """How the runtime computes a non-separable device, with the expansion's measured error."""
-        from rramc.hardware.devices import cached_expansion
-
-        device = self.target.device
-        if device.separable:
+        """How the runtime computes the columns of each distinct converter setting, with the error."""
+        layers = self.graph.nodes_of(CrossbarOp)
+        if not layers:
             return ""
+        from rramc.hardware.column_solver import Conductances
+        from rramc.hardware.lowering import Lowering
+        from rramc.hardware.tiling import TileGrid
+
         c = self.target.conductance
-        expansion = cached_expansion(device, self.target.crossbar.read_voltage, (c.g_min, c.g_max))
-        if expansion is None:
-            return f"device '{device.model}' is not separable: evaluated per cell"
-        return (f"device '{device.model}' is not separable: evaluated as {expansion.description} (one matmul per term), "
-                f"max error {expansion.max_error:.1e} of full-scale current; per cell with read noise")
+        lines = []
+        for bits in sorted({(n.op.dac_bits, n.op.adc_bits) for n in layers}, key=str):  # type: ignore[attr-defined]
+            cells = Conductances(torch.zeros(1, 1), torch.zeros(1, 1), TileGrid((0, 1), (0, 1)), Lowering(), self.target.device,
+                                 self.target.crossbar.read_voltage, (c.g_min, c.g_max), *bits)
+            lines.append(self.target.wires.describe(cells))
+        return "; ".join(dict.fromkeys(lines))
 
     def array_count(self) -> int:
         return sum(len(n.op.tiles()) for n in self.graph.nodes_of(CrossbarOp))  # type: ignore[attr-defined]
@@ -96,18 +122,19 @@ class Executable:
     def array_usage(self) -> list[dict[str, Any]]:
         """One entry per tile: layer, array, rows, outputs, physical columns and cell utilisation."""
         spec = self.target.crossbar
-        extra = (lambda outs: 2 * outs) if spec.weight_encoding == "differential" else (lambda outs: outs + 1)
         usage = []
         for node in self.graph.nodes_of(CrossbarOp):
             op = node.op
             assert isinstance(op, CrossbarOp)
+            encoding = WEIGHT_ENCODINGS.get(op.weight_encoding)(self.target)
             arrays = node.meta.get("arrays", [])
             for i, (rows, cols) in enumerate(op.tiles()):
                 n_rows, n_outs = rows.stop - rows.start, cols.stop - cols.start
+                cells = n_rows * encoding.bit_lines(n_outs)
                 usage.append({
                     "layer": node.source, "node": node.name, "array": arrays[i] if i < len(arrays) else None,
                     "rows": (rows.start, rows.stop), "outputs": (cols.start, cols.stop),
-                    "cells": n_rows * extra(n_outs), "utilisation": n_rows * extra(n_outs) / (spec.rows * spec.cols),
+                    "cells": cells, "utilisation": cells / (spec.rows * spec.cols),
                 })
         return usage
 

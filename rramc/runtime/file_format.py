@@ -23,14 +23,20 @@ import torch
 
 from rramc.errors import ExecutableFormatError, RramcError
 from rramc.hardware.target import Target
-from rramc.ir import OPS, Graph
+from rramc.ir import ATTRIBUTES, OPS, Attribute, Graph
 
 FORMAT = "rramx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: typed op attributes (input_range, trained_for, encodings); checksums cover dtype and shape.
+1: input_scale/input_signed fields and the reconstruction record in meta (read and migrated)."""
 
 
-def _sha256_tensor(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+def _sha256_tensor(t: torch.Tensor, version: int = FORMAT_VERSION) -> str:
+    digest = hashlib.sha256()
+    if version >= 2:  # a tensor re-typed or re-shaped with the same bytes must not pass
+        digest.update(f"{t.dtype}{list(t.shape)}".encode())
+    digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -39,6 +45,12 @@ def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
         return {"tensor": key}
     if isinstance(value, tuple):
         return {"tuple": [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, Attribute):
+        return {"attribute": value.kind, "fields": {k: _encode(v, f"{key}.{k}", tensors) for k, v in value.fields().items()}}
+    if isinstance(value, dict):
+        return {"dict": {str(k): _encode(v, f"{key}.{k}", tensors) for k, v in value.items()}}
+    if isinstance(value, list):
+        return {"list": [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(f"cannot store attribute {key} of type {type(value).__name__}")
@@ -49,7 +61,33 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
         return tensors[value["tensor"]]
     if isinstance(value, dict) and "tuple" in value:
         return tuple(_decode(v, tensors) for v in value["tuple"])
+    if isinstance(value, dict) and "list" in value:
+        return [_decode(v, tensors) for v in value["list"]]
+    if isinstance(value, dict) and "dict" in value:
+        return {k: _decode(v, tensors) for k, v in value["dict"].items()}
+    if isinstance(value, dict) and "attribute" in value:
+        cls = ATTRIBUTES.get(value["attribute"])
+        if cls is None:
+            raise KeyError(f"unknown attribute kind {value['attribute']!r}")
+        return cls(**{k: _decode(v, tensors) for k, v in value["fields"].items()})
     return value
+
+
+def _migrate_v1(entry: dict[str, Any], target: dict[str, Any]) -> None:
+    """Format 1 → 2: ``input_scale``/``input_signed`` and meta's reconstruction record become typed attributes."""
+    attrs, meta = entry["attrs"], entry["meta"]
+    scale, signed = attrs.pop("input_scale", None), attrs.pop("input_signed", None)
+    if scale is not None:
+        attrs["input_range"] = {"attribute": "input_range", "fields": {
+            "scale": float(scale), "signed": bool(signed), "origin": meta.pop("input_range", "calibrated")}}
+    record = meta.pop("reconstructed", None)
+    if record is not None:
+        attrs["trained_for"] = {"attribute": "device_training", "fields": {
+            "target": {"dict": target}, "granularity": "column", "epochs": int(record.get("epochs", 0)),
+            "init": record.get("init", "finetune"), "seed": int(record.get("seed", 0)),
+            "in_loop": {"tuple": list(record.get("in_loop", []))}, "train_accuracy": record.get("train_accuracy")}}
+    meta.pop("input_scale", None)
+    meta.pop("input_signed", None)
 
 
 def serialize(graph: Graph, target: Target, metadata: dict[str, Any]) -> bytes:
@@ -112,9 +150,12 @@ def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]
         raise refuse("not an rramc executable (a safetensors file without an rramc manifest)")
     if hashlib.sha256(text.encode()).hexdigest() != meta.get("rramx.manifest_sha256"):
         raise refuse("corrupt: the manifest does not match its checksum")
-    manifest = json.loads(text)
+    try:
+        manifest = json.loads(text)
+    except json.JSONDecodeError:
+        raise refuse("corrupt: the manifest is not JSON") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise refuse(f"not an rramc executable (format {manifest.get('format')!r})")
+        raise refuse(f"not an rramc executable (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise refuse(f"written in executable format {version} by rramc {manifest.get('rramc_version')}; this rramc reads "
@@ -127,7 +168,7 @@ def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]
     except Exception as exc:
         raise refuse(f"truncated or corrupt tensor data ({exc})") from None
     for key, digest in manifest["tensor_sha256"].items():
-        if key not in tensors or _sha256_tensor(tensors[key]) != digest:
+        if key not in tensors or _sha256_tensor(tensors[key], version) != digest:
             raise refuse(f"corrupt: tensor '{key}' does not match its checksum")
     try:
         target = Target.from_mapping(manifest["target"], f"{source} (embedded target)")
@@ -136,6 +177,8 @@ def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]
     graph = Graph()
     try:
         for entry in manifest["nodes"]:
+            if version < 2:
+                _migrate_v1(entry, manifest["target"])
             cls = OPS.get(entry["kind"])
             if cls is None:
                 raise refuse(f"node %{entry['name']} uses op '{entry['kind']}', which this rramc does not know "
@@ -147,6 +190,6 @@ def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]
         raise
     except RramcError as exc:
         raise refuse(str(exc)) from None
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise refuse(f"corrupt: a graph node is malformed ({type(exc).__name__}: {exc})") from None
     return graph, target, manifest.get("metadata", {})

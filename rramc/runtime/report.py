@@ -49,6 +49,16 @@ class Report:
     reference: str = "float (PyTorch)"
     """What the float accuracy is of: the PyTorch network, or for a reconstructed network its
     device-aware model (its I-V with continuous conductances and ideal converters)."""
+    evaluation: str = ""
+    """How the runtime computed the column currents (and how far from exact)."""
+    output_correlation: float = 1.0
+    """Pearson correlation of the chip's outputs with the float network's, over the data set."""
+    clipped: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per layer that clipped inputs: negative values it could not apply, values above full scale, inputs seen."""
+    costs: dict[str, Any] = field(default_factory=dict)
+    """Each cost observer's summary, per inference."""
+    warnings: list[str] = field(default_factory=list)
+    """What in this result should not be trusted without a look."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,7 +78,9 @@ class Report:
         console = console or Console()
         console.print(f"[bold]{self.dataset}[/] ({self.split}, {self.samples} samples) on [bold]{self.target}[/], chip seed {self.seed}")
         if self.target_description:
-            console.print(f"  {self.target_description}", style="dim")
+            console.print(f"  {self.target_description}", style="dim", highlight=False)
+        if self.evaluation:
+            console.print(f"  columns: {self.evaluation}", style="dim", highlight=False)
         console.print(f"  {self.reference + ' accuracy':25s}: {100 * self.float_accuracy:6.2f} %")
         console.print(f"  simulated chip accuracy  : {100 * self.chip_accuracy:6.2f} %   "
                       f"({100 * (self.chip_accuracy - self.float_accuracy):+.2f} points)")
@@ -80,5 +92,11 @@ class Report:
             table.add_row(layer.source, layer.kind, f"{layer.matrix[0]}×{layer.matrix[1]}", str(layer.tiles),
                           f"{100 * layer.local_error:.2f} %", f"{100 * layer.cumulative_error:.2f} %")
         console.print(table)
+        operations = self.costs.get("operations", {}).get("per_inference")
+        if operations:
+            console.print(f"  per inference: {operations['reads']:,.0f} array reads, {operations['dac_conversions']:,.0f} DAC and "
+                          f"{operations['adc_conversions']:,.0f} ADC conversions, {operations['macs']:,.0f} cell MACs", style="dim")
+        for warning in self.warnings:
+            console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
         rate = self.samples / self.seconds if self.seconds else float("nan")
         console.print(f"  {self.seconds:.2f} s ({rate:,.0f} samples/s, float and chip passes together)", style="dim")

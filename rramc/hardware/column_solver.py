@@ -1,0 +1,282 @@
+"""The column-solver seam: the bit-line currents of a layer's tiles for given word-line voltages.
+
+A solver is configured by the target's ``wires`` section (``model:`` picks it, the other fields
+are its own, validated like a device model's). :meth:`ColumnSolver.prepare` turns one chip
+instance's conductances into whatever the solver precomputes (cached with the programmed chip);
+:meth:`ColumnSolver.read` gives, for one :class:`~rramc.hardware.input_encoding.Read`, the
+current of every tile column before the ADC, in the :class:`~rramc.hardware.lowering.Lowering`'s
+layout. Built in: ``ideal`` wires (every cell sees its word line's voltage; a column sums its
+cells' currents). A new solver (wire resistance, say) is a subclass in its own module plus a line
+in :data:`COLUMN_SOLVERS` (or an entry point in the ``rramc.column_solvers`` group).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rramc.errors import TargetError
+from rramc.hardware.config import Location, build, to_mapping
+from rramc.hardware.devices import DeviceModel
+from rramc.hardware.expansion import Expansion, device_expansion
+from rramc.hardware.input_encoding import Read
+from rramc.hardware.lowering import Lowering
+from rramc.hardware.tiling import TileGrid
+from rramc.registry import Registry
+
+# Per-cell evaluation materialises vectors × rows × outputs currents; vectors are cut so that one
+# chunk stays below this many elements (~64 MiB in float32).
+PER_CELL_CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class Conductances:
+    """One layer's cells on one chip instance (or, in training, at one step).
+
+    ``g_pos``/``g_neg`` ``[inputs, outputs]`` [S], the tile ``grid``, how inputs reach the arrays
+    (``lowering``), the ``device`` and the layer's converters (which set the accuracy needed),
+    the read voltage and the read noise of the target.
+    """
+
+    g_pos: Tensor
+    g_neg: Tensor
+    grid: TileGrid
+    lowering: Lowering
+    device: DeviceModel
+    read_voltage: float
+    window: tuple[float, float]
+    dac_bits: int | None
+    adc_bits: int | None
+    read_noise_sigma: float = 0.0
+
+
+class ColumnSolver(ABC):
+    """Base of column solvers: frozen dataclasses of their ``wires`` fields; ``model`` is their name."""
+
+    model: ClassVar[str]
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], where: Location) -> ColumnSolver:
+        return build(cls, data, where)
+
+    def to_mapping(self) -> dict[str, Any]:
+        return {"model": self.model, **{k: v for k, v in to_mapping(self).items() if v is not None}}
+
+    @abstractmethod
+    def prepare(self, cells: Conductances) -> Any:
+        """Precompute what :meth:`read` needs for these cells (differentiable when they require grad)."""
+
+    @abstractmethod
+    def read(self, state: Any, read: Read, generator: torch.Generator | None) -> Tensor:
+        """Tile column currents [A] for one read, in the lowering's layout (see :mod:`~rramc.hardware.lowering`).
+
+        ``generator`` draws the read noise (when the cells have any).
+        """
+
+    def describe(self, cells: Conductances) -> str:
+        """How this solver computes these cells, for reports."""
+        return self.model
+
+
+@dataclass
+class _Matrices:
+    """Column sums as matmuls: ``φ(V)`` of the word lines times these per-term cell values."""
+
+    expansion: Expansion
+    linear: Tensor | None  # [blocks, height·terms, outputs]
+    conv: Tensor | None  # [blocks·outputs, channels per block·terms, kh, kw]
+    conv_channels: Tensor | None  # [blocks·channels per block] input channel of every slot (C: zero)
+    row_index: Tensor | None  # [blocks, height·terms] virtual row of every slot (inputs·terms: zero)
+    tables: dict[tuple[torch.dtype, torch.device, int], Tensor] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class _IdealState:
+    cells: Conductances
+    current: _Matrices
+    variance: _Matrices | None
+
+
+@dataclass(frozen=True)
+class IdealWires(ColumnSolver):
+    """Wires without resistance: every cell sees its word line's voltage, a column sums its cells.
+
+    The currents are matmuls through the device's :mod:`~rramc.hardware.expansion` (one per term;
+    a convolution stays a convolution, no im2col), and read noise — each cell's current times
+    ``1 + σ·ε`` — is drawn with its exact column variance ``σ²·Σ_i (f⁺² + f⁻²)``, itself a matmul.
+    Voltages beyond the expansion's range (an ideal DAC fed more than full scale) are evaluated
+    per cell, in chunks.
+    """
+
+    model: ClassVar[str] = "ideal"
+
+    def prepare(self, cells: Conductances) -> _IdealState:
+        expansion = device_expansion(cells.device, cells.read_voltage, *cells.window, cells.dac_bits, cells.adc_bits)
+        current = _matrices(cells, expansion, subtract=True)
+        variance = None
+        if cells.read_noise_sigma > 0:
+            squared = device_expansion(cells.device, cells.read_voltage, *cells.window, cells.dac_bits, cells.adc_bits, squared=True)
+            variance = _matrices(cells, squared, subtract=False)
+        return _IdealState(cells, current, variance)
+
+    def read(self, state: _IdealState, read: Read, generator: torch.Generator | None) -> Tensor:
+        cells = state.cells
+        if read.codes is None and read.voltages is not None and not state.current.expansion.covers(read.voltages):
+            return _per_cell(cells, read.voltages, generator)
+        current = _matmul(state.current, cells, read)
+        if state.variance is not None:
+            variance = _matmul(state.variance, cells, read)
+            noise = torch.randn(current.shape, generator=generator, dtype=current.dtype, device=current.device)
+            current = current + cells.read_noise_sigma * variance.clamp_min(0).sqrt() * noise
+        return current
+
+    def describe(self, cells: Conductances) -> str:
+        from rramc.hardware.expansion import describe
+
+        return "ideal wires, " + describe(device_expansion(cells.device, cells.read_voltage, *cells.window, cells.dac_bits, cells.adc_bits))
+
+
+def _matrices(cells: Conductances, expansion: Expansion, *, subtract: bool) -> _Matrices:
+    """``ψ(G⁺) ∓ ψ(G⁻)`` of every cell pair, arranged for the layer's matmuls (linear) or convolutions."""
+    pos, neg = expansion.conductance(cells.g_pos), expansion.conductance(cells.g_neg)  # [inputs, outputs, terms]
+    cell = pos - neg if subtract else pos + neg
+    n_in, outputs, terms = cell.shape
+    grid = cells.grid
+    if cells.lowering.conv is None:
+        virtual = cell.permute(0, 2, 1).reshape(n_in * terms, outputs)  # row i, term k → i·terms + k
+        if grid.uniform:
+            return _Matrices(expansion, virtual[None], None, None, None)
+        index = grid.row_index(virtual.device)
+        slots = (index[:, :, None] * terms + torch.arange(terms, device=index.device)).reshape(index.shape[0], -1)
+        slots = slots.clamp_max(n_in * terms)  # padding slots read the zero row appended below
+        padded = torch.cat([virtual, virtual.new_zeros(1, outputs)])
+        return _Matrices(expansion, padded[slots], None, None, slots)
+    (kh, kw), *_ = cells.lowering.conv
+    taps = kh * kw
+    channels = n_in // taps
+    full = cell.reshape(channels, kh, kw, outputs, terms).permute(3, 0, 4, 1, 2)  # [outputs, C, terms, kh, kw]
+    if grid.uniform:
+        return _Matrices(expansion, None, full.reshape(outputs, channels * terms, kh, kw), None, None)
+    spans = [(a // taps, (b - 1) // taps) for a, b in grid.row_blocks]
+    width = max(c1 - c0 + 1 for c0, c1 in spans)
+    weights, slots = [], []
+    row = torch.arange(n_in, device=cell.device).reshape(channels, 1, kh, kw)
+    for (a, b), (c0, c1) in zip(grid.row_blocks, spans):
+        inside = ((row >= a) & (row < b)).to(cell.dtype)[c0 : c1 + 1]  # [channels in block, 1, kh, kw]
+        block = full[:, c0 : c1 + 1] * inside
+        pad = width - (c1 - c0 + 1)
+        if pad:
+            block = torch.cat([block, block.new_zeros(outputs, pad, terms, kh, kw)], dim=1)
+        weights.append(block.reshape(outputs, width * terms, kh, kw))
+        slots.append(torch.tensor(list(range(c0, c1 + 1)) + [channels] * pad, device=cell.device))
+    return _Matrices(expansion, None, torch.cat(weights), torch.cat(slots), None)
+
+
+def _drive(matrices: _Matrices, read: Read) -> Tensor:
+    """``φ(V)`` of every word-line voltage: ``[..., terms]``; tabulated per DAC code when codes are given."""
+    expansion = matrices.expansion
+    if read.codes is not None:
+        assert read.code_voltages is not None
+        key = (read.code_voltages.dtype, read.code_voltages.device, read.code_voltages.numel())
+        table = matrices.tables.get(key)
+        if table is None:
+            table = matrices.tables[key] = expansion.voltage(read.code_voltages)
+        return table[read.codes]
+    assert read.voltages is not None
+    return expansion.voltage(read.voltages)
+
+
+def _matmul(matrices: _Matrices, cells: Conductances, read: Read) -> Tensor:
+    phi = _drive(matrices, read)
+    terms = phi.shape[-1]
+    if cells.lowering.conv is None:
+        batch = phi.shape[0]
+        flat = phi.reshape(batch, -1)  # [batch, inputs·terms], row i term k at i·terms + k
+        assert matrices.linear is not None
+        if matrices.row_index is None:
+            return torch.matmul(flat, matrices.linear[0])[None]
+        padded = torch.cat([flat, flat.new_zeros(batch, 1)], dim=1)
+        blocks = padded[:, matrices.row_index].permute(1, 0, 2)  # [blocks, batch, height·terms]
+        return torch.bmm(blocks, matrices.linear)
+    _, stride, padding, dilation = cells.lowering.conv
+    batch, channels, h, w = phi.shape[:4]
+    drive = phi.permute(0, 1, 4, 2, 3).reshape(batch, channels * terms, h, w) if terms > 1 else phi[..., 0]
+    assert matrices.conv is not None
+    if matrices.conv_channels is None:
+        return F.conv2d(drive, matrices.conv, None, stride, padding, dilation)[:, None]
+    padded = torch.cat([drive.reshape(batch, channels, terms, h, w), drive.new_zeros(batch, 1, terms, h, w)], dim=1)
+    gathered = padded[:, matrices.conv_channels].reshape(batch, -1, h, w)
+    blocks = len(cells.grid.row_blocks)
+    out = F.conv2d(gathered, matrices.conv, None, stride, padding, dilation, groups=blocks)
+    return out.reshape(batch, blocks, -1, *out.shape[2:])
+
+
+def _per_cell(cells: Conductances, voltages: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Exact currents, cell by cell, for voltages the expansion does not cover."""
+    lowering = cells.lowering
+    vectors = lowering.vectors(voltages)
+    outputs = cells.g_pos.shape[1]
+    spatial = lowering.output_size(voltages)
+    blocks = []
+    for a, b in cells.grid.row_blocks:
+        g_pos, g_neg = cells.g_pos[a:b], cells.g_neg[a:b]
+        chunk = max(1, PER_CELL_CHUNK_ELEMENTS // max(1, (b - a) * outputs))
+        parts = []
+        for start in range(0, vectors.shape[0], chunk):
+            v = vectors[start : start + chunk, a:b, None]
+            i_pos, i_neg = cells.device.current(v, g_pos), cells.device.current(v, g_neg)
+            current = (i_pos - i_neg).sum(1)
+            if cells.read_noise_sigma > 0:
+                std = cells.read_noise_sigma * (i_pos**2 + i_neg**2).sum(1).sqrt()
+                current = current + std * torch.randn(current.shape, generator=generator, dtype=current.dtype, device=current.device)
+            parts.append(current)
+        blocks.append(lowering.restore(torch.cat(parts), voltages.shape[0], spatial))
+    return torch.stack(blocks, dim=lowering.block_dim)
+
+
+def column_currents(
+    voltages: Tensor,
+    g_pos: Tensor,
+    g_neg: Tensor,
+    device: DeviceModel,
+    *,
+    grid: TileGrid | None = None,
+    solver: ColumnSolver | None = None,
+    read_voltage: float | None = None,
+    window: tuple[float, float] | None = None,
+    read_noise_sigma: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Differential bit-line currents ``Σ_i f(V_i, G⁺_ij) - f(V_i, G⁻_ij)`` of word-line voltages
+    ``[batch, inputs]`` on cells ``[inputs, outputs]``, per row block: ``[blocks, batch, outputs]`` [A].
+
+    A convenience for exploring a device and for tests: one linear layer, ideal converters,
+    ``solver`` (default: ideal wires). ``read_voltage`` and ``window`` bound where a non-separable
+    device's expansion must hold (default: the largest voltage and the conductances' range).
+    """
+    grid = grid or TileGrid((0, g_pos.shape[0]), (0, g_pos.shape[1]))
+    g = torch.cat([g_pos.reshape(-1), g_neg.reshape(-1)])
+    window = window or (float(g.min()), float(g.max()))
+    if window[1] <= window[0]:
+        window = (window[0], window[0] * 1.001 + 1e-12)
+    cells = Conductances(g_pos, g_neg, grid, Lowering(), device, read_voltage or float(voltages.max()) or 1.0, window, None, None,
+                         read_noise_sigma)
+    solver = solver or IdealWires()
+    return solver.read(solver.prepare(cells), Read(1.0, voltages=voltages), generator)
+
+
+COLUMN_SOLVERS: Registry[type[ColumnSolver]] = Registry(
+    what="column solver (wires model)",
+    group="rramc.column_solvers",
+    builtins={"ideal": "rramc.hardware.column_solver:IdealWires"},
+    error=TargetError,
+    interface=ColumnSolver,
+    name_attribute="model",
+)
+"""Every column solver by its ``wires.model`` name: the built-ins plus the ``rramc.column_solvers`` entry points."""

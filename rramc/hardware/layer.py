@@ -1,0 +1,255 @@
+"""One crossbar layer as a chip computes it: programmed cells, reads, ADCs and the neuron.
+
+:class:`CrossbarLayer` is the single implementation of a crossbar op's computation. The runtime
+executes it on programmed chips, ``calibrate`` sets its ranges through it, and ``reconstruct``
+trains through it (built from trainable weights at every step by :func:`mapped_layer`).
+
+Computation, for inputs ``x``: ``u = x / input_range.scale``; signed inputs are read in two
+phases (``max(u, 0)`` and ``max(-u, 0)``, subtracted after the ADC), unsigned ones in one
+(negative values clipped and counted). The input encoding turns each phase into reads; for each
+read the column solver gives every tile column's current; each tile's ADC digitises it; the
+reads and row blocks are added digitally; the neuron applies ``gain`` and ``offset`` (or bias).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rramc.errors import RramcError, RuntimeSimulationError
+from rramc.hardware.column_solver import COLUMN_SOLVERS, ColumnSolver, Conductances
+from rramc.hardware.converters import adc
+from rramc.hardware.input_encoding import INPUT_ENCODINGS, InputEncoding
+from rramc.hardware.lowering import Lowering
+from rramc.hardware.mapping import MappingPlan
+from rramc.hardware.observers import Observer
+from rramc.hardware.target import Target
+from rramc.hardware.tiling import TileGrid, split_points
+from rramc.hardware.weight_encoding import WEIGHT_ENCODINGS, WeightEncoding
+from rramc.ir import Conv2d, CrossbarConv2d, CrossbarLinear, CrossbarOp, InputRange, Linear, Node
+
+Phase = tuple[float, Tensor]  # (digital weight: ± read weight, tile column currents)
+
+
+def encodings(op: CrossbarOp, target: Target, where: str) -> tuple[WeightEncoding, InputEncoding]:
+    """The op's weight and input encodings; an encoding this rramc does not know is named."""
+    try:
+        return WEIGHT_ENCODINGS.get(op.weight_encoding)(target), INPUT_ENCODINGS.get(op.input_encoding)(target)
+    except RramcError as exc:
+        raise RuntimeSimulationError(f"{where}: {exc} (was it compiled with a plugin that is not installed?)") from None
+
+
+def cell_writer(target: Target, generator: torch.Generator | None) -> Callable[[Tensor], Tensor] | None:
+    """Writes target conductances to one chip instance: programming variation and stuck cells.
+
+    Programming variation is lognormal about the target conductance with the target's standard
+    deviation ``programming_sigma·(g_max - g_min)``: its mean is the target and no conductance is
+    negative, as with the lognormal spread of real RRAM states; nothing is clipped to the window,
+    so the statistics are the ones the target states. (A cell targeted at exactly 0 S is spread
+    about 1e-3·(g_max - g_min).) Stuck cells then sit at ``g_min`` or ``g_max``. None: nothing to do.
+    """
+    spec, c = target.nonidealities, target.conductance
+    if not (spec.programming_sigma or spec.stuck_off_fraction or spec.stuck_on_fraction):
+        return None
+
+    def write(g: Tensor) -> Tensor:
+        if spec.programming_sigma:
+            std = spec.programming_sigma * (c.g_max - c.g_min)
+            mean = g.clamp_min(1e-3 * (c.g_max - c.g_min))
+            s2 = torch.log1p((std / mean) ** 2)
+            noise = torch.randn(g.shape, generator=generator, dtype=g.dtype, device=g.device)
+            g = mean * torch.exp(s2.sqrt() * noise - s2 / 2)
+        if spec.stuck_off_fraction or spec.stuck_on_fraction:
+            u = torch.rand(g.shape, generator=generator, dtype=g.dtype, device=g.device)
+            g = torch.where(u < spec.stuck_off_fraction, torch.full_like(g, c.g_min), g)
+            on = (u >= spec.stuck_off_fraction) & (u < spec.stuck_off_fraction + spec.stuck_on_fraction)
+            g = torch.where(on, torch.full_like(g, c.g_max), g)
+        return g
+
+    return write
+
+
+@dataclass
+class CrossbarLayer:
+    """A tiled crossbar op with the conductances one chip instance (or one training step) holds."""
+
+    name: str
+    source: str
+    op: CrossbarOp
+    target: Target
+    cells: Conductances
+    solver: ColumnSolver
+    inputs: InputEncoding
+    state: Any
+    adc_range: Tensor | None = None  # [row blocks, outputs], broadcastable via lowering.per_column
+
+    @property
+    def grid(self) -> TileGrid:
+        return self.cells.grid
+
+    @property
+    def lowering(self) -> Lowering:
+        return self.cells.lowering
+
+    @classmethod
+    def program(
+        cls,
+        node: Node,
+        target: Target,
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        require_calibration: bool = True,
+    ) -> CrossbarLayer:
+        """Program ``node``'s crossbar op on a chip instance drawn from ``generator``."""
+        op = node.op
+        assert isinstance(op, CrossbarOp)
+        where = f"%{node.name} ({node.source})"
+        if not op.is_tiled:
+            raise RuntimeSimulationError(f"{where} is not tiled: run the 'tile' pass before executing it on the chip")
+        if require_calibration and not op.is_calibrated:
+            raise RuntimeSimulationError(f"{where} is not calibrated: run the 'calibrate' pass before executing it on the chip")
+        weights, inputs = encodings(op, target, where)
+        g_pos, g_neg = (g.to(device=device, dtype=dtype) for g in (op.g_pos, op.g_neg))
+        assert op.row_splits is not None and op.col_splits is not None
+        grid = TileGrid(op.row_splits, op.col_splits)
+        write = cell_writer(target, generator)
+        if write is not None:
+            g_pos, g_neg = weights.program(g_pos, g_neg, write, grid)
+        return cls.build(node.name, node.source, op, target, g_pos, g_neg, inputs)
+
+    @classmethod
+    def build(cls, name: str, source: str, op: CrossbarOp, target: Target, g_pos: Tensor, g_neg: Tensor,
+              inputs: InputEncoding) -> CrossbarLayer:
+        assert op.row_splits is not None and op.col_splits is not None
+        c = target.conductance
+        cells = Conductances(g_pos, g_neg, TileGrid(op.row_splits, op.col_splits), Lowering.of(op), target.device,
+                             target.crossbar.read_voltage, (c.g_min, c.g_max), op.dac_bits, op.adc_bits,
+                             target.nonidealities.read_noise_sigma)
+        solver = target.wires
+        layer = cls(name, source, op, target, cells, solver, inputs, solver.prepare(cells))
+        return layer.calibrated(op)
+
+    def calibrated(self, op: CrossbarOp) -> CrossbarLayer:
+        """This layer with the ranges, gain and offset of a newly calibrated ``op`` (same cells)."""
+        self.op = op
+        self.adc_range = None
+        if op.adc_range is not None:
+            self.adc_range = self.grid.per_column(op.adc_range.to(self.cells.g_pos.detach()))
+        return self
+
+    # --- computing ---------------------------------------------------------------------------
+
+    def phases(self, x: Tensor, scale: float, generator: torch.Generator | None = None,
+               observers: Sequence[Observer] = ()) -> list[Phase]:
+        """Tile column currents of every read, before the ADC, for inputs ``x`` applied at ``scale``."""
+        u = x * (1.0 / scale)
+        signed = self.op.input_range.signed if self.op.input_range is not None else False
+        parts = [(1.0, torch.relu(u))]
+        if signed:
+            parts.append((-1.0, torch.relu(-u)))
+        if observers:
+            negative = 0 if signed else int((u < 0).sum())
+            over = sum(int(self.inputs.clipped(part, self.op.dac_bits)) for _, part in parts)
+            for observer in observers:
+                observer.on_clip(self, negative, over, u.numel())
+        phases = []
+        for sign, part in parts:
+            for read in self.inputs.reads(part, self.op.dac_bits):
+                currents = self.solver.read(self.state, read, generator)
+                for observer in observers:
+                    observer.on_read(self, read, currents)
+                phases.append((sign * read.weight, currents))
+        return phases
+
+    def digitize(self, phases: list[Phase]) -> Tensor:
+        """Every tile through its ADC, reads and row blocks added digitally: ``[batch, outputs, ...]`` [A]."""
+        bits, lowering = self.op.adc_bits, self.lowering
+        full_scale = None if bits is None else lowering.per_column(self.adc_range)  # type: ignore[arg-type]
+        total: Tensor | None = None
+        for weight, current in phases:
+            if full_scale is not None:
+                current = adc(current, full_scale, bits)
+            part = current.sum(lowering.block_dim)
+            part = part if weight == 1.0 else part * weight
+            total = part if total is None else total + part
+        assert total is not None
+        return total
+
+    def neuron(self, current: Tensor) -> Tensor:
+        """Gain and offset (or the float bias) of the neuron circuit: current → the layer's output units."""
+        assert self.op.gain is not None
+        per_output = self.lowering.per_output
+        y = current * per_output(self.op.gain.to(current))
+        offset = self.op.bias if self.op.offset is None else self.op.offset
+        return y if offset is None else y + per_output(offset.to(current))
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None, observers: Sequence[Observer] = ()) -> Tensor:
+        assert self.op.input_range is not None
+        return self.neuron(self.digitize(self.phases(x, self.op.input_range.scale, generator, observers)))
+
+
+def tile_grid(rows: int, outputs: int, target: Target, plan: MappingPlan) -> TileGrid:
+    """The tiles the ``tile`` pass cuts a ``rows × outputs`` matrix into under ``plan``."""
+    weights = WEIGHT_ENCODINGS.get(plan.weight_encoding)(target)
+    tile_rows = plan.tile_rows or target.crossbar.rows
+    tile_cols = plan.tile_cols or weights.outputs_per_array()
+    return TileGrid(split_points(rows, tile_rows, plan.balance), split_points(outputs, tile_cols, plan.balance))
+
+
+def crossbar_op(float_op: Linear | Conv2d | CrossbarOp, **fields: Any) -> CrossbarOp:
+    """The crossbar op for a float (or crossbar) layer, with ``fields`` set."""
+    if isinstance(float_op, (Conv2d, CrossbarConv2d)):
+        return CrossbarConv2d(stride=float_op.stride, padding=float_op.padding, dilation=float_op.dilation, **fields)
+    return CrossbarLinear(**fields)
+
+
+def mapped_layer(
+    node: Node,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Target,
+    plan: MappingPlan,
+    input_range: InputRange,
+    *,
+    tiled: bool,
+    levels: bool,
+    converters: bool,
+    adc_range: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    variation: bool = False,
+) -> CrossbarLayer:
+    """A crossbar layer mapped from float ``weight`` (kept differentiable) for one forward pass.
+
+    The device-aware model of a layer: ``plan``'s encodings and mapping, the full-scale gain,
+    and, when asked, its conductance levels, its tiles with their DAC and ADC (ADC ranges
+    ``adc_range`` per tile), and the target's programming variation and faults.
+    """
+    flat = weight.reshape(weight.shape[0], -1)
+    weights = WEIGHT_ENCODINGS.get(plan.weight_encoding)(target)
+    inputs = INPUT_ENCODINGS.get(plan.input_encoding)(target)
+    mapped = weights.map(flat, per_column=plan.granularity == "column", levels=plan.levels if levels else None)
+    dac_bits, adc_bits = (plan.dac_bits, plan.adc_bits) if converters else (None, None)
+    grid = tile_grid(flat.shape[1], flat.shape[0], target, plan) if tiled else TileGrid((0, flat.shape[1]), (0, flat.shape[0]))
+    g_pos, g_neg = mapped.g_pos, mapped.g_neg
+    write = cell_writer(target, generator) if variation else None
+    if write is not None:
+        g_pos, g_neg = weights.program(g_pos, g_neg, write, grid)
+    response = inputs.full_scale_response(dac_bits)
+    op = crossbar_op(node.op, weight=weight, bias=bias, g_pos=g_pos, g_neg=g_neg, conductance_per_weight=mapped.conductance_per_weight,
+                     weight_encoding=plan.weight_encoding, input_encoding=plan.input_encoding, dac_bits=dac_bits,
+                     adc_bits=adc_bits, input_range=input_range,
+                     gain=input_range.scale / (mapped.conductance_per_weight * response),
+                     row_splits=grid.row_splits, col_splits=grid.col_splits, adc_range=adc_range)
+    layer_target = target if variation else target.nominal()
+    return CrossbarLayer.build(node.name, node.source, op, layer_target, g_pos, g_neg, inputs)
+
+
+def without_ranges(op: CrossbarOp) -> CrossbarOp:
+    """``op`` before calibration: no input range, gain, offset or ADC ranges."""
+    return replace(op, input_range=None, gain=None, offset=None, adc_range=None)

@@ -1,0 +1,165 @@
+"""The weight-encoding seam: how signed weights are held by non-negative conductances.
+
+An encoding maps a ``[outputs, inputs]`` weight matrix to a pair of conductance matrices
+``g_pos``/``g_neg`` (``[inputs, outputs]``) whose column currents are subtracted before the ADC,
+says how many outputs one array holds, and writes them to a chip instance (where cells shared
+between columns, like a reference column, are drawn once). Built in: ``differential`` (two
+columns per weight) and ``offset`` (one column per weight against a shared reference column).
+A new encoding is a subclass in its own module plus a line in :data:`WEIGHT_ENCODINGS` (or an
+entry point in the ``rramc.weight_encodings`` group).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from rramc.errors import TargetError
+from rramc.hardware.mapping import ReadCurrent, read_current, weight_peak
+from rramc.hardware.target import Target
+from rramc.hardware.tiling import TileGrid
+from rramc.registry import Registry
+
+
+@dataclass(frozen=True)
+class MappedWeights:
+    """``g_pos``/``g_neg`` ``[inputs, outputs]`` [S] and the scale ``conductance_per_weight`` [S per weight unit]."""
+
+    g_pos: Tensor
+    g_neg: Tensor
+    conductance_per_weight: Tensor
+
+
+class WeightEncoding(ABC):
+    """Base of weight encodings; ``name`` is the value of ``crossbar.weight_encoding``."""
+
+    name: ClassVar[str]
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    @property
+    def read_current(self) -> ReadCurrent:
+        return read_current(self.target)
+
+    @abstractmethod
+    def outputs_per_array(self) -> int:
+        """Weight columns (outputs) one array of the target holds."""
+
+    @abstractmethod
+    def bit_lines(self, outputs: int) -> int:
+        """Physical bit lines a tile of ``outputs`` weight columns occupies."""
+
+    @abstractmethod
+    def map(self, weight: Tensor, *, per_column: bool, levels: int | None) -> MappedWeights:
+        """Conductances for ``weight`` ``[outputs, inputs]``; differentiable if ``weight`` requires grad.
+
+        ``levels``: programmable levels to round to (None: continuous).
+        """
+
+    def program(self, g_pos: Tensor, g_neg: Tensor, write: Callable[[Tensor], Tensor], grid: TileGrid) -> tuple[Tensor, Tensor]:
+        """The conductances one chip instance holds: ``write`` draws variation and faults for cells."""
+        return write(g_pos), write(g_neg)
+
+
+def _compute(weight: Tensor) -> Tensor:
+    """The weight in the precision of the mapping: float64 unless it is being trained."""
+    return weight if weight.requires_grad else weight.detach().to(torch.float64)
+
+
+def _finish(weight: Tensor, g_pos: Tensor, g_neg: Tensor, scale: Tensor) -> MappedWeights:
+    """``[inputs, outputs]`` conductances in the weight's own precision."""
+    if weight.requires_grad:
+        return MappedWeights(g_pos.T, g_neg.T, scale)
+    dtype = weight.dtype
+    return MappedWeights(g_pos.T.to(dtype).contiguous(), g_neg.T.to(dtype).contiguous(), scale.to(dtype))
+
+
+class Differential(WeightEncoding):
+    """Two cells per weight on a column pair: ``I(G±) = I(g_min) + c·max(±W, 0)``.
+
+    ``c`` is chosen per output (or per layer) so that the largest weight reaches ``g_max``.
+    """
+
+    name = "differential"
+
+    def outputs_per_array(self) -> int:
+        return self.target.crossbar.cols // 2
+
+    def bit_lines(self, outputs: int) -> int:
+        return 2 * outputs
+
+    def map(self, weight: Tensor, *, per_column: bool, levels: int | None) -> MappedWeights:
+        w = _compute(weight)
+        rc, c = self.read_current, self.target.conductance
+        peak = weight_peak(w, per_column)
+        scale = (c.g_max - c.g_min) / peak  # S per weight unit (in the current domain: scale · response)
+        if rc.linear and levels is None:
+            # I linear in G and no rounding: the same map, without the round trip through currents.
+            g_pos = c.g_min + scale[:, None] * torch.relu(w)
+            g_neg = c.g_min + scale[:, None] * torch.relu(-w)
+        else:
+            per_weight = scale * rc.response
+            g_pos = rc.conductance(rc.i_min + per_weight[:, None] * torch.relu(w), levels)
+            g_neg = rc.conductance(rc.i_min + per_weight[:, None] * torch.relu(-w), levels)
+        return _finish(weight, g_pos, g_neg, scale)
+
+
+class Offset(WeightEncoding):
+    """One cell per weight against a reference cell per word line and array at the middle level:
+    ``I(G) = I(g_ref) + c·W``; the reference column's current is subtracted before the ADC."""
+
+    name = "offset"
+
+    def outputs_per_array(self) -> int:
+        return self.target.crossbar.cols - 1
+
+    def bit_lines(self, outputs: int) -> int:
+        return outputs + 1
+
+    def reference(self, levels: int | None) -> float:
+        """The reference conductance: the level nearest the middle of the window."""
+        c = self.target.conductance
+        mid = torch.tensor((c.g_min + c.g_max) / 2, dtype=torch.float64)
+        if levels is None:
+            return float(mid)
+        step = (c.g_max - c.g_min) / (levels - 1)
+        return float(c.g_min + torch.round((mid - c.g_min) / step) * step)
+
+    def map(self, weight: Tensor, *, per_column: bool, levels: int | None) -> MappedWeights:
+        w = _compute(weight)
+        rc, c = self.read_current, self.target.conductance
+        g_ref = self.reference(levels)
+        i_ref = rc.current_at(g_ref)
+        half = min(rc.i_max - i_ref, i_ref - rc.i_min)
+        peak = weight_peak(w, per_column)
+        per_weight = half / peak  # A per weight unit
+        g_pos = rc.conductance(i_ref + per_weight[:, None] * w, levels)
+        g_neg = torch.full_like(g_pos, g_ref)
+        return _finish(weight, g_pos, g_neg, per_weight / rc.response)
+
+    def program(self, g_pos: Tensor, g_neg: Tensor, write: Callable[[Tensor], Tensor], grid: TileGrid) -> tuple[Tensor, Tensor]:
+        # One reference cell per word line and array, shared by the array's columns.
+        starts = [a for a, _ in grid.col_blocks]
+        reference = grid.per_column(write(g_neg[:, starts]))
+        return write(g_pos), reference
+
+
+WEIGHT_ENCODINGS: Registry[type[WeightEncoding]] = Registry(
+    what="weight encoding",
+    group="rramc.weight_encodings",
+    builtins={"differential": "rramc.hardware.weight_encoding:Differential", "offset": "rramc.hardware.weight_encoding:Offset"},
+    error=TargetError,
+    interface=WeightEncoding,
+)
+"""Every weight encoding by name: the built-ins plus the ``rramc.weight_encodings`` entry points."""
+
+
+def weight_encoding(name: str, target: Target) -> WeightEncoding:
+    """The encoding ``name`` for ``target``."""
+    return WEIGHT_ENCODINGS.get(name)(target)
