@@ -54,10 +54,10 @@ def main() -> None:
         for target in args.targets.split(","):
             start = time.perf_counter()
             exe = rramc.compile(model.cpu(), target, calibration[:2] if isinstance(model, torch.fx.GraphModule) else calibration,
-                                calibration_data=calibration)
+                                calibration_data=calibration, input_range=(0.0, 1.0))
             compile_seconds = time.perf_counter() - start
             model = model.to(args.device)
-            chip = exe.program("chip", device=args.device)
+            chip = exe.chip(device=args.device)
             for _ in range(2):  # warm-up
                 chip(x), model(x)
             torch_times, chip_times = [], []

@@ -6,8 +6,7 @@
     report = exe.run(rramc.load_dataset("digits"))
 """
 
-__version__ = "0.2.0"
-
+from rramc._version import __version__
 from rramc.datasets import Dataset, load_dataset
 from rramc.driver import compile, compile_file
 from rramc.errors import RramcError, RramcWarning

@@ -24,7 +24,7 @@ from torch import Tensor
 from rramc.errors import TargetError
 from rramc.hardware.config import Location, build, to_mapping
 from rramc.hardware.devices import DeviceModel
-from rramc.hardware.expansion import Expansion, device_expansion
+from rramc.hardware.expansion import IDEAL_TOLERANCE, Expansion, device_expansion
 from rramc.hardware.input_encoding import Read
 from rramc.hardware.lowering import Lowering
 from rramc.hardware.tiling import TileGrid
@@ -40,8 +40,14 @@ class Conductances:
     """One layer's cells on one chip instance (or, in training, at one step).
 
     ``g_pos``/``g_neg`` ``[inputs, outputs]`` [S], the tile ``grid``, how inputs reach the arrays
-    (``lowering``), the ``device`` and the layer's converters (which set the accuracy needed),
-    the read voltage and the read noise of the target.
+    (``lowering``), the ``device``, its read voltage and programmable ``window``, the DAC
+    resolution (``dac_bits``: which voltages occur), the ``tolerance`` the computed currents
+    need (relative to a full-scale cell current; it follows the ADC) and the read noise.
+
+    ``terms``, when given, are the cell pairs' ``ψ(G⁺) - ψ(G⁻)`` ``[inputs, outputs, terms]`` of the
+    device's expansion at this ``dac_bits``/``tolerance``, computed straight from the weights
+    (training's fast path; ``g_pos``/``g_neg`` are then empty): only a solver with
+    ``accepts_terms`` may be given such cells.
     """
 
     g_pos: Tensor
@@ -52,14 +58,21 @@ class Conductances:
     read_voltage: float
     window: tuple[float, float]
     dac_bits: int | None
-    adc_bits: int | None
+    tolerance: float
     read_noise_sigma: float = 0.0
+    terms: Tensor | None = None
+
+    def expansion(self, squared: bool = False) -> Expansion:
+        """The device's expansion for these cells' voltages and accuracy."""
+        return device_expansion(self.device, self.read_voltage, *self.window, self.dac_bits, self.tolerance, squared)
 
 
 class ColumnSolver(ABC):
     """Base of column solvers: frozen dataclasses of their ``wires`` fields; ``model`` is their name."""
 
     model: ClassVar[str]
+    accepts_terms: ClassVar[bool] = False
+    """Whether :meth:`prepare` takes cells given by their expansion terms (see :class:`Conductances`)."""
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], where: Location) -> ColumnSolver:
@@ -89,10 +102,10 @@ class _Matrices:
     """Column sums as matmuls: ``φ(V)`` of the word lines times these per-term cell values."""
 
     expansion: Expansion
-    linear: Tensor | None  # [blocks, height·terms, outputs]
+    linear: list[Tensor] | None  # per row block: [rows·terms, outputs], rows of word line i at i·terms + k
+    spans: list[tuple[int, int]] | None  # per row block: its rows of the [inputs·terms] drive
     conv: Tensor | None  # [blocks·outputs, channels per block·terms, kh, kw]
     conv_channels: Tensor | None  # [blocks·channels per block] input channel of every slot (C: zero)
-    row_index: Tensor | None  # [blocks, height·terms] virtual row of every slot (inputs·terms: zero)
     tables: dict[tuple[torch.dtype, torch.device, int], Tensor] = dataclasses.field(default_factory=dict)
 
 
@@ -115,14 +128,14 @@ class IdealWires(ColumnSolver):
     """
 
     model: ClassVar[str] = "ideal"
+    accepts_terms: ClassVar[bool] = True
 
     def prepare(self, cells: Conductances) -> _IdealState:
-        expansion = device_expansion(cells.device, cells.read_voltage, *cells.window, cells.dac_bits, cells.adc_bits)
+        expansion = cells.expansion()
         current = _matrices(cells, expansion, subtract=True)
         variance = None
         if cells.read_noise_sigma > 0:
-            squared = device_expansion(cells.device, cells.read_voltage, *cells.window, cells.dac_bits, cells.adc_bits, squared=True)
-            variance = _matrices(cells, squared, subtract=False)
+            variance = _matrices(cells, cells.expansion(squared=True), subtract=False)
         return _IdealState(cells, current, variance)
 
     def read(self, state: _IdealState, read: Read, generator: torch.Generator | None) -> Tensor:
@@ -139,30 +152,28 @@ class IdealWires(ColumnSolver):
     def describe(self, cells: Conductances) -> str:
         from rramc.hardware.expansion import describe
 
-        return "ideal wires, " + describe(device_expansion(cells.device, cells.read_voltage, *cells.window, cells.dac_bits, cells.adc_bits))
+        return "ideal wires, " + describe(cells.expansion())
 
 
 def _matrices(cells: Conductances, expansion: Expansion, *, subtract: bool) -> _Matrices:
     """``ψ(G⁺) ∓ ψ(G⁻)`` of every cell pair, arranged for the layer's matmuls (linear) or convolutions."""
-    pos, neg = expansion.conductance(cells.g_pos), expansion.conductance(cells.g_neg)  # [inputs, outputs, terms]
-    cell = pos - neg if subtract else pos + neg
+    if cells.terms is not None and subtract:
+        cell = cells.terms
+    else:
+        pos, neg = expansion.conductance(cells.g_pos), expansion.conductance(cells.g_neg)  # [inputs, outputs, terms]
+        cell = pos - neg if subtract else pos + neg
     n_in, outputs, terms = cell.shape
     grid = cells.grid
     if cells.lowering.conv is None:
         virtual = cell.permute(0, 2, 1).reshape(n_in * terms, outputs)  # row i, term k → i·terms + k
-        if grid.uniform:
-            return _Matrices(expansion, virtual[None], None, None, None)
-        index = grid.row_index(virtual.device)
-        slots = (index[:, :, None] * terms + torch.arange(terms, device=index.device)).reshape(index.shape[0], -1)
-        slots = slots.clamp_max(n_in * terms)  # padding slots read the zero row appended below
-        padded = torch.cat([virtual, virtual.new_zeros(1, outputs)])
-        return _Matrices(expansion, padded[slots], None, None, slots)
+        spans = [(a * terms, b * terms) for a, b in grid.row_blocks]
+        return _Matrices(expansion, [virtual[a:b].contiguous() for a, b in spans], spans, None, None)
     (kh, kw), *_ = cells.lowering.conv
     taps = kh * kw
     channels = n_in // taps
     full = cell.reshape(channels, kh, kw, outputs, terms).permute(3, 0, 4, 1, 2)  # [outputs, C, terms, kh, kw]
     if grid.uniform:
-        return _Matrices(expansion, None, full.reshape(outputs, channels * terms, kh, kw), None, None)
+        return _Matrices(expansion, None, None, full.reshape(outputs, channels * terms, kh, kw), None)
     spans = [(a // taps, (b - 1) // taps) for a, b in grid.row_blocks]
     width = max(c1 - c0 + 1 for c0, c1 in spans)
     weights, slots = [], []
@@ -175,7 +186,7 @@ def _matrices(cells: Conductances, expansion: Expansion, *, subtract: bool) -> _
             block = torch.cat([block, block.new_zeros(outputs, pad, terms, kh, kw)], dim=1)
         weights.append(block.reshape(outputs, width * terms, kh, kw))
         slots.append(torch.tensor(list(range(c0, c1 + 1)) + [channels] * pad, device=cell.device))
-    return _Matrices(expansion, None, torch.cat(weights), torch.cat(slots), None)
+    return _Matrices(expansion, None, None, torch.cat(weights), torch.cat(slots))
 
 
 def _drive(matrices: _Matrices, read: Read) -> Tensor:
@@ -196,14 +207,17 @@ def _matmul(matrices: _Matrices, cells: Conductances, read: Read) -> Tensor:
     phi = _drive(matrices, read)
     terms = phi.shape[-1]
     if cells.lowering.conv is None:
-        batch = phi.shape[0]
-        flat = phi.reshape(batch, -1)  # [batch, inputs·terms], row i term k at i·terms + k
-        assert matrices.linear is not None
-        if matrices.row_index is None:
+        flat = phi.reshape(phi.shape[0], -1)  # [batch, inputs·terms], row i term k at i·terms + k
+        assert matrices.linear is not None and matrices.spans is not None
+        if len(matrices.linear) == 1:
             return torch.matmul(flat, matrices.linear[0])[None]
-        padded = torch.cat([flat, flat.new_zeros(batch, 1)], dim=1)
-        blocks = padded[:, matrices.row_index].permute(1, 0, 2)  # [blocks, batch, height·terms]
-        return torch.bmm(blocks, matrices.linear)
+        if flat.requires_grad or matrices.linear[0].requires_grad:
+            return torch.stack([torch.matmul(flat[:, a:b], m) for (a, b), m in zip(matrices.spans, matrices.linear)])
+        # Each row block's word lines are a slice of the drive: no gathering, no padding.
+        out = flat.new_empty(len(matrices.linear), flat.shape[0], matrices.linear[0].shape[1])
+        for block, ((a, b), m) in enumerate(zip(matrices.spans, matrices.linear)):
+            torch.matmul(flat[:, a:b], m, out=out[block])
+        return out
     _, stride, padding, dilation = cells.lowering.conv
     batch, channels, h, w = phi.shape[:4]
     drive = phi.permute(0, 1, 4, 2, 3).reshape(batch, channels * terms, h, w) if terms > 1 else phi[..., 0]
@@ -265,8 +279,8 @@ def column_currents(
     window = window or (float(g.min()), float(g.max()))
     if window[1] <= window[0]:
         window = (window[0], window[0] * 1.001 + 1e-12)
-    cells = Conductances(g_pos, g_neg, grid, Lowering(), device, read_voltage or float(voltages.max()) or 1.0, window, None, None,
-                         read_noise_sigma)
+    cells = Conductances(g_pos, g_neg, grid, Lowering(), device, read_voltage or float(voltages.max()) or 1.0, window, None,
+                         IDEAL_TOLERANCE, read_noise_sigma)
     solver = solver or IdealWires()
     return solver.read(solver.prepare(cells), Read(1.0, voltages=voltages), generator)
 

@@ -180,8 +180,9 @@ def low_rank(fn: Callable[[Tensor, Tensor], Tensor], voltages: Tensor, g_min: fl
 
 @functools.lru_cache(maxsize=64)
 def device_expansion(device: DeviceModel, read_voltage: float, g_min: float, g_max: float, dac_bits: int | None,
-                     adc_bits: int | None, squared: bool = False) -> Expansion:
-    """The expansion the runtime uses for a device read at up to ``read_voltage`` through these converters.
+                     tolerance: float, squared: bool = False) -> Expansion:
+    """The expansion the runtime uses for a device read at up to ``read_voltage`` through a
+    ``dac_bits`` DAC (None: any voltage), accurate to ``tolerance`` (see :func:`tolerance_for`).
 
     ``squared``: of ``f²`` instead of ``f`` (the variance of read noise sums ``f²`` over a column).
     """
@@ -194,12 +195,12 @@ def device_expansion(device: DeviceModel, read_voltage: float, g_min: float, g_m
         voltages = torch.arange((1 << dac_bits), dtype=torch.float64) / ((1 << dac_bits) - 1) * read_voltage
         where = f"the {1 << dac_bits} DAC voltages"
     else:
-        points = VOLTAGE_GRID if tolerance_for(adc_bits) >= 1e-6 else 4 * VOLTAGE_GRID - 3
+        points = VOLTAGE_GRID if tolerance >= 1e-6 else 4 * VOLTAGE_GRID - 3
         voltages = torch.linspace(0.0, read_voltage, points, dtype=torch.float64)
         where = f"{points} voltages up to {read_voltage:g} V"
     fn = (lambda v, g: device.current(v, g) ** 2) if squared else device.current
     what = "f²" if squared else "f"
-    return low_rank(fn, voltages, g_min, g_max, tolerance_for(adc_bits), f"of {what} on {where} × {FIT_CONDUCTANCES} conductances",
+    return low_rank(fn, voltages, g_min, g_max, tolerance, f"of {what} on {where} × {FIT_CONDUCTANCES} conductances",
                     discrete=discrete)
 
 

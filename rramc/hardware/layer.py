@@ -22,7 +22,8 @@ from torch import Tensor
 
 from rramc.errors import RramcError, RuntimeSimulationError
 from rramc.hardware.column_solver import COLUMN_SOLVERS, ColumnSolver, Conductances
-from rramc.hardware.converters import adc
+from rramc.hardware.converters import adc, adc_steps
+from rramc.hardware.expansion import device_expansion, tolerance_for
 from rramc.hardware.input_encoding import INPUT_ENCODINGS, InputEncoding
 from rramc.hardware.lowering import Lowering
 from rramc.hardware.mapping import MappingPlan
@@ -85,7 +86,8 @@ class CrossbarLayer:
     solver: ColumnSolver
     inputs: InputEncoding
     state: Any
-    adc_range: Tensor | None = None  # [row blocks, outputs], broadcastable via lowering.per_column
+    adc_range: Tensor | None = None  # [row blocks, outputs]
+    _codes_per_ampere: Tensor | None = None  # the ADC's steps/full scale per column (0 where the range is 0)
 
     @property
     def grid(self) -> TileGrid:
@@ -125,12 +127,15 @@ class CrossbarLayer:
 
     @classmethod
     def build(cls, name: str, source: str, op: CrossbarOp, target: Target, g_pos: Tensor, g_neg: Tensor,
-              inputs: InputEncoding) -> CrossbarLayer:
+              inputs: InputEncoding, *, tolerance: float | None = None, terms: Tensor | None = None) -> CrossbarLayer:
+        """A layer of ``op`` on these cells; ``tolerance`` of the column currents (default: from the op's
+        ADC), ``terms`` the cells' expansion terms when given directly (see :class:`Conductances`)."""
         assert op.row_splits is not None and op.col_splits is not None
         c = target.conductance
         cells = Conductances(g_pos, g_neg, TileGrid(op.row_splits, op.col_splits), Lowering.of(op), target.device,
-                             target.crossbar.read_voltage, (c.g_min, c.g_max), op.dac_bits, op.adc_bits,
-                             target.nonidealities.read_noise_sigma)
+                             target.crossbar.read_voltage, (c.g_min, c.g_max), op.dac_bits,
+                             tolerance_for(op.adc_bits) if tolerance is None else tolerance,
+                             target.nonidealities.read_noise_sigma, terms)
         solver = target.wires
         layer = cls(name, source, op, target, cells, solver, inputs, solver.prepare(cells))
         return layer.calibrated(op)
@@ -138,9 +143,12 @@ class CrossbarLayer:
     def calibrated(self, op: CrossbarOp) -> CrossbarLayer:
         """This layer with the ranges, gain and offset of a newly calibrated ``op`` (same cells)."""
         self.op = op
-        self.adc_range = None
+        self.adc_range = self._codes_per_ampere = None
         if op.adc_range is not None:
             self.adc_range = self.grid.per_column(op.adc_range.to(self.cells.g_pos.detach()))
+            if op.adc_bits is not None:
+                steps = adc_steps(op.adc_bits)
+                self._codes_per_ampere = torch.where(self.adc_range > 0, steps / self.adc_range, torch.zeros_like(self.adc_range))
         return self
 
     # --- computing ---------------------------------------------------------------------------
@@ -191,7 +199,33 @@ class CrossbarLayer:
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None, observers: Sequence[Observer] = ()) -> Tensor:
         assert self.op.input_range is not None
-        return self.neuron(self.digitize(self.phases(x, self.op.input_range.scale, generator, observers)))
+        phases = self.phases(x, self.op.input_range.scale, generator, observers)
+        if self._codes_per_ampere is None or torch.is_grad_enabled() and x.requires_grad:
+            return self.neuron(self.digitize(phases))
+        return self._readout(phases)
+
+    def _readout(self, phases: list[Phase]) -> Tensor:
+        """:meth:`digitize` then :meth:`neuron`, fused for inference: each tile's current becomes an ADC
+        code in place, and one factor per tile column (code → A → output units) adds them up."""
+        assert self._codes_per_ampere is not None and self.adc_range is not None and self.op.gain is not None
+        lowering, steps = self.lowering, adc_steps(self.op.adc_bits)  # type: ignore[arg-type]
+        gain = self.op.gain.to(self.adc_range)
+        per_code = lowering.per_column(self.adc_range / steps * gain)
+        codes_per_ampere = lowering.per_column(self._codes_per_ampere)
+        offset = self.op.bias if self.op.offset is None else self.op.offset
+        total = None if offset is None else lowering.per_output(offset.to(self.adc_range))
+        for weight, current in phases:
+            codes = (current * codes_per_ampere).clamp_(-steps, steps).round_()
+            factor = per_code if weight == 1.0 else per_code * weight
+            if codes.shape[lowering.block_dim] == 1:
+                part = codes.select(lowering.block_dim, 0)
+                scale = factor.select(lowering.block_dim, 0)
+                total = part.mul_(scale) if total is None else torch.addcmul(total, part, scale)
+            else:
+                part = codes.mul_(factor).sum(lowering.block_dim)
+                total = part if total is None else part.add_(total)
+        assert total is not None
+        return total
 
 
 def tile_grid(rows: int, outputs: int, target: Target, plan: MappingPlan) -> TileGrid:
@@ -233,21 +267,32 @@ def mapped_layer(
     flat = weight.reshape(weight.shape[0], -1)
     weights = WEIGHT_ENCODINGS.get(plan.weight_encoding)(target)
     inputs = INPUT_ENCODINGS.get(plan.input_encoding)(target)
-    mapped = weights.map(flat, per_column=plan.granularity == "column", levels=plan.levels if levels else None)
+    per_column = plan.granularity == "column"
     dac_bits, adc_bits = (plan.dac_bits, plan.adc_bits) if converters else (None, None)
+    # The accuracy the chip needs follows its ADC even where the model leaves converters out.
+    tolerance = tolerance_for(plan.adc_bits)
     grid = tile_grid(flat.shape[1], flat.shape[0], target, plan) if tiled else TileGrid((0, flat.shape[1]), (0, flat.shape[0]))
-    g_pos, g_neg = mapped.g_pos, mapped.g_neg
-    write = cell_writer(target, generator) if variation else None
-    if write is not None:
-        g_pos, g_neg = weights.program(g_pos, g_neg, write, grid)
+    fast = None
+    if not levels and not variation and target.wires.accepts_terms:
+        c = target.conductance
+        expansion = device_expansion(target.device, target.crossbar.read_voltage, c.g_min, c.g_max, dac_bits, tolerance)
+        fast = weights.cell_terms(flat, expansion, per_column=per_column)
+    if fast is not None:
+        terms, per_weight = fast
+        g_pos = g_neg = flat.new_empty(0)
+    else:
+        mapped = weights.map(flat, per_column=per_column, levels=plan.levels if levels else None)
+        terms, per_weight, g_pos, g_neg = None, mapped.conductance_per_weight, mapped.g_pos, mapped.g_neg
+        write = cell_writer(target, generator) if variation else None
+        if write is not None:
+            g_pos, g_neg = weights.program(g_pos, g_neg, write, grid)
     response = inputs.full_scale_response(dac_bits)
-    op = crossbar_op(node.op, weight=weight, bias=bias, g_pos=g_pos, g_neg=g_neg, conductance_per_weight=mapped.conductance_per_weight,
+    op = crossbar_op(node.op, weight=weight, bias=bias, g_pos=g_pos, g_neg=g_neg, conductance_per_weight=per_weight,
                      weight_encoding=plan.weight_encoding, input_encoding=plan.input_encoding, dac_bits=dac_bits,
-                     adc_bits=adc_bits, input_range=input_range,
-                     gain=input_range.scale / (mapped.conductance_per_weight * response),
+                     adc_bits=adc_bits, input_range=input_range, gain=input_range.scale / (per_weight * response),
                      row_splits=grid.row_splits, col_splits=grid.col_splits, adc_range=adc_range)
     layer_target = target if variation else target.nominal()
-    return CrossbarLayer.build(node.name, node.source, op, layer_target, g_pos, g_neg, inputs)
+    return CrossbarLayer.build(node.name, node.source, op, layer_target, g_pos, g_neg, inputs, tolerance=tolerance, terms=terms)
 
 
 def without_ranges(op: CrossbarOp) -> CrossbarOp:

@@ -57,15 +57,6 @@ class TileGrid:
         """``[..., outputs]`` → ``[..., column blocks]``: the largest value of each tile's columns."""
         return torch.stack([per_column[..., a:b].amax(-1) for a, b in self.col_blocks], -1)
 
-    def row_index(self, device: torch.device | str = "cpu") -> Tensor:
-        """``[row blocks, height]``: the word line in each slot of each block; the padding slots hold
-        the number of word lines (an index one past the last, for a zero row appended by the caller)."""
-        n_in = self.row_splits[-1]
-        index = torch.full((len(self.row_blocks), self.height), n_in, dtype=torch.long, device=device)
-        for block, (a, b) in enumerate(self.row_blocks):
-            index[block, : b - a] = torch.arange(a, b, device=device)
-        return index
-
     @property
     def uniform(self) -> bool:
         """One row block: no padding, no gathering."""

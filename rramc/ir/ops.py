@@ -385,7 +385,7 @@ class CrossbarOp(Op):
     @property
     def matrix_shape(self) -> tuple[int, int]:
         """(word lines, outputs) of the unrolled weight matrix."""
-        return (int(self.g_pos.shape[0]), int(self.g_pos.shape[1]))
+        return (int(self.weight[0].numel()), int(self.weight.shape[0]))
 
     def flat_weight(self) -> Tensor:
         """The float weight as the crossbar sees it: ``[outputs, word lines]``."""
@@ -415,8 +415,8 @@ class CrossbarOp(Op):
 
     def verify_mapping(self) -> None:
         rows, cols = self.matrix_shape
-        if tuple(self.flat_weight().shape) != (cols, rows):
-            raise ValueError(f"g_pos {[rows, cols]} does not match the weight {list(self.weight.shape)}")
+        if tuple(self.g_pos.shape) != (rows, cols):
+            raise ValueError(f"g_pos {list(self.g_pos.shape)} does not match the weight {list(self.weight.shape)}")
         if self.g_neg.shape != self.g_pos.shape:
             raise ValueError(f"g_neg {list(self.g_neg.shape)} differs from g_pos {[rows, cols]}")
         _check_vector("bias", self.bias, cols)

@@ -105,6 +105,7 @@ class Executable:
         if not layers:
             return ""
         from rramc.hardware.column_solver import Conductances
+        from rramc.hardware.expansion import tolerance_for
         from rramc.hardware.lowering import Lowering
         from rramc.hardware.tiling import TileGrid
 
@@ -112,7 +113,7 @@ class Executable:
         lines = []
         for bits in sorted({(n.op.dac_bits, n.op.adc_bits) for n in layers}, key=str):  # type: ignore[attr-defined]
             cells = Conductances(torch.zeros(1, 1), torch.zeros(1, 1), TileGrid((0, 1), (0, 1)), Lowering(), self.target.device,
-                                 self.target.crossbar.read_voltage, (c.g_min, c.g_max), *bits)
+                                 self.target.crossbar.read_voltage, (c.g_min, c.g_max), bits[0], tolerance_for(bits[1]))
             lines.append(self.target.wires.describe(cells))
         return "; ".join(dict.fromkeys(lines))
 

@@ -92,7 +92,7 @@ def _migrate_v1(entry: dict[str, Any], target: dict[str, Any]) -> None:
 
 def serialize(graph: Graph, target: Target, metadata: dict[str, Any]) -> bytes:
     """The bytes of an executable file."""
-    from rramc import __version__
+    from rramc._version import __version__
 
     tensors: dict[str, torch.Tensor] = {}
     nodes = []
