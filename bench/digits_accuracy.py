@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     train, test = rramc.load_dataset("digits", "train"), rramc.load_dataset("digits", "test")
-    calibration = train.shuffled(0).take(512).images
+    calibration = train.shuffled(0).take(512)  # a Dataset: it also declares the input range (0, 1)
     torch.manual_seed(0)
     cnn = train_classifier(models.digits_cnn(), train, TrainConfig(epochs=30, lr=0.05, batch_size=64))
     networks = {
@@ -43,7 +43,7 @@ def main() -> None:
                 variants.append((f"{target_name} + variation", target.with_changes(nonidealities=noisy), list(range(args.seeds))))
             for label, spec, seeds in variants:
                 start = time.perf_counter()
-                exe = rramc.compile(model, spec, calibration[:2], calibration_data=calibration)
+                exe = rramc.compile(model, spec, calibration.images[:2], calibration_data=calibration)
                 seconds = time.perf_counter() - start
                 reports = [exe.run(test, seed=s) for s in seeds]
                 chip = statistics.mean(r.chip_accuracy for r in reports)

@@ -73,7 +73,7 @@ def main() -> None:
     test = rramc.load_dataset(args.dataset, "test", args.data_dir)
     if args.samples:
         train = train.shuffled(0).take(args.samples)
-    calibration = train.shuffled(1).take(512).images
+    calibration = train.shuffled(1).take(512)  # a Dataset: it also declares the input range (0, 1)
     ks = [float(k) for k in args.ks.split(",")]
     rows: list[dict] = []
     print(f"{args.dataset}: {len(train)} train, {len(test)} test samples; torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -90,14 +90,14 @@ def main() -> None:
         print(f"{title}: float {100 * float_acc:.2f} %, float +{args.epochs} epochs {100 * ideal_acc:.2f} % "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
         for label, target in targets(families, ks, args.periphery):
-            naive = rramc.compile(float_net, target, calibration[:2], calibration_data=calibration).run(test)
-            naive_ls = rramc.compile(float_net, target, calibration[:2], calibration_data=calibration,
-                                     pipeline="canonicalize,quantize,tile,calibrate{gain=least_squares},emit").run(test)
+            example = calibration.images[:2]
+            naive = rramc.compile(float_net, target, example, calibration_data=calibration, pipeline="naive").run(test)
+            naive_ls = rramc.compile(float_net, target, example, calibration_data=calibration, pipeline="least_squares").run(test)
             start = time.perf_counter()
             lr = 1e-3 if args.optimizer == "adam" else 0.05
-            pipeline = (f"canonicalize,reconstruct{{epochs={args.epochs},optimizer={args.optimizer},lr={lr},batch_size=128}},"
-                        "quantize,tile,calibrate,emit")
-            recon = rramc.compile(float_net, target, calibration[:2], calibration_data=calibration, training_data=train,
+            pipeline = rramc.named_pipeline("reconstruct", reconstruct={"epochs": args.epochs, "optimizer": args.optimizer, "lr": lr,
+                                                                        "batch_size": 128})
+            recon = rramc.compile(float_net, target, example, calibration_data=calibration, training_data=train,
                                   pipeline=pipeline).run(test)
             seconds = time.perf_counter() - start
             row = {"network": title, "target": label, "float": float_acc, "ideal": ideal_acc, "naive": naive.chip_accuracy,
