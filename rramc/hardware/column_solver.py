@@ -102,8 +102,9 @@ class _Matrices:
     """Column sums as matmuls: ``φ(V)`` of the word lines times these per-term cell values."""
 
     expansion: Expansion
-    linear: list[Tensor] | None  # per row block: [rows·terms, outputs], rows of word line i at i·terms + k
-    spans: list[tuple[int, int]] | None  # per row block: its rows of the [inputs·terms] drive
+    linear: Tensor | None  # [blocks, height·terms, outputs], rows of word line i at i·terms + k, zero-padded
+    height: int  # rows (word lines × terms) per block, every block padded up to it
+    index: Tensor | None  # [blocks, height] drive row of every slot (inputs·terms: a zero) when blocks are uneven
     conv: Tensor | None  # [blocks·outputs, channels per block·terms, kh, kw]
     conv_channels: Tensor | None  # [blocks·channels per block] input channel of every slot (C: zero)
     tables: dict[tuple[torch.dtype, torch.device, int], Tensor] = dataclasses.field(default_factory=dict)
@@ -166,14 +167,23 @@ def _matrices(cells: Conductances, expansion: Expansion, *, subtract: bool) -> _
     grid = cells.grid
     if cells.lowering.conv is None:
         virtual = cell.permute(0, 2, 1).reshape(n_in * terms, outputs)  # row i, term k → i·terms + k
-        spans = [(a * terms, b * terms) for a, b in grid.row_blocks]
-        return _Matrices(expansion, [virtual[a:b].contiguous() for a, b in spans], spans, None, None)
+        heights = [b - a for a, b in grid.row_blocks]
+        height = max(heights) * terms
+        if all(h == heights[0] for h in heights[:-1]):  # consecutive slices: the last one padded
+            padding = height * len(heights) - n_in * terms
+            stacked = torch.cat([virtual, virtual.new_zeros(padding, outputs)]) if padding else virtual
+            return _Matrices(expansion, stacked.reshape(len(heights), height, outputs), height, None, None, None)
+        index = torch.full((len(heights), height), n_in * terms, dtype=torch.long, device=virtual.device)
+        for block, (a, b) in enumerate(grid.row_blocks):
+            index[block, : (b - a) * terms] = torch.arange(a * terms, b * terms, device=virtual.device)
+        padded = torch.cat([virtual, virtual.new_zeros(1, outputs)])
+        return _Matrices(expansion, padded[index], height, index, None, None)
     (kh, kw), *_ = cells.lowering.conv
     taps = kh * kw
     channels = n_in // taps
     full = cell.reshape(channels, kh, kw, outputs, terms).permute(3, 0, 4, 1, 2)  # [outputs, C, terms, kh, kw]
     if grid.uniform:
-        return _Matrices(expansion, None, None, full.reshape(outputs, channels * terms, kh, kw), None)
+        return _Matrices(expansion, None, 0, None, full.reshape(outputs, channels * terms, kh, kw), None)
     spans = [(a // taps, (b - 1) // taps) for a, b in grid.row_blocks]
     width = max(c1 - c0 + 1 for c0, c1 in spans)
     weights, slots = [], []
@@ -186,7 +196,7 @@ def _matrices(cells: Conductances, expansion: Expansion, *, subtract: bool) -> _
             block = torch.cat([block, block.new_zeros(outputs, pad, terms, kh, kw)], dim=1)
         weights.append(block.reshape(outputs, width * terms, kh, kw))
         slots.append(torch.tensor(list(range(c0, c1 + 1)) + [channels] * pad, device=cell.device))
-    return _Matrices(expansion, None, None, torch.cat(weights), torch.cat(slots))
+    return _Matrices(expansion, None, 0, None, torch.cat(weights), torch.cat(slots))
 
 
 def _drive(matrices: _Matrices, read: Read) -> Tensor:
@@ -208,16 +218,19 @@ def _matmul(matrices: _Matrices, cells: Conductances, read: Read) -> Tensor:
     terms = phi.shape[-1]
     if cells.lowering.conv is None:
         flat = phi.reshape(phi.shape[0], -1)  # [batch, inputs·terms], row i term k at i·terms + k
-        assert matrices.linear is not None and matrices.spans is not None
-        if len(matrices.linear) == 1:
+        assert matrices.linear is not None
+        blocks = matrices.linear.shape[0]
+        if blocks == 1:
             return torch.matmul(flat, matrices.linear[0])[None]
-        if flat.requires_grad or matrices.linear[0].requires_grad:
-            return torch.stack([torch.matmul(flat[:, a:b], m) for (a, b), m in zip(matrices.spans, matrices.linear)])
-        # Each row block's word lines are a slice of the drive: no gathering, no padding.
-        out = flat.new_empty(len(matrices.linear), flat.shape[0], matrices.linear[0].shape[1])
-        for block, ((a, b), m) in enumerate(zip(matrices.spans, matrices.linear)):
-            torch.matmul(flat[:, a:b], m, out=out[block])
-        return out
+        if matrices.index is not None:  # uneven blocks: gather each block's rows
+            padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
+            return torch.bmm(padded[:, matrices.index].transpose(0, 1), matrices.linear)
+        # Row blocks are consecutive slices of the drive: pad it to whole blocks and view it as
+        # [blocks, batch, height] — one batched matmul, no gathering.
+        padding = blocks * matrices.height - flat.shape[1]
+        if padding:
+            flat = torch.cat([flat, flat.new_zeros(flat.shape[0], padding)], dim=1)
+        return torch.bmm(flat.reshape(flat.shape[0], blocks, matrices.height).transpose(0, 1), matrices.linear)
     _, stride, padding, dilation = cells.lowering.conv
     batch, channels, h, w = phi.shape[:4]
     drive = phi.permute(0, 1, 4, 2, 3).reshape(batch, channels * terms, h, w) if terms > 1 else phi[..., 0]

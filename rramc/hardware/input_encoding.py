@@ -82,12 +82,18 @@ class Amplitude(InputEncoding):
 
     name = "amplitude"
 
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        self._levels: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+
     def reads(self, x: Tensor, dac_bits: int | None) -> list[Read]:
         vread = self.target.crossbar.read_voltage
         if dac_bits is not None and dac_bits <= 16 and not x.requires_grad:
-            steps = dac_steps(dac_bits)
-            levels = torch.arange(steps + 1, dtype=x.dtype, device=x.device) * (vread / steps)
-            return [Read(1.0, codes=dac_codes(x, dac_bits), code_voltages=levels)]
+            key = (dac_bits, x.dtype, x.device)
+            if key not in self._levels:
+                steps = dac_steps(dac_bits)
+                self._levels[key] = torch.arange(steps + 1, dtype=x.dtype, device=x.device) * (vread / steps)
+            return [Read(1.0, codes=dac_codes(x, dac_bits), code_voltages=self._levels[key])]
         return [Read(1.0, voltages=dac(x, dac_bits) * vread)]
 
 

@@ -87,7 +87,7 @@ class CrossbarLayer:
     inputs: InputEncoding
     state: Any
     adc_range: Tensor | None = None  # [row blocks, outputs]
-    _codes_per_ampere: Tensor | None = None  # the ADC's steps/full scale per column (0 where the range is 0)
+    _readout_factors: tuple[Tensor, Tensor, Tensor | None] | None = None  # see calibrated()
 
     @property
     def grid(self) -> TileGrid:
@@ -143,12 +143,19 @@ class CrossbarLayer:
     def calibrated(self, op: CrossbarOp) -> CrossbarLayer:
         """This layer with the ranges, gain and offset of a newly calibrated ``op`` (same cells)."""
         self.op = op
-        self.adc_range = self._codes_per_ampere = None
+        self.adc_range = self._readout_factors = None
+        reference = self.cells.g_pos.detach()
         if op.adc_range is not None:
-            self.adc_range = self.grid.per_column(op.adc_range.to(self.cells.g_pos.detach()))
-            if op.adc_bits is not None:
-                steps = adc_steps(op.adc_bits)
-                self._codes_per_ampere = torch.where(self.adc_range > 0, steps / self.adc_range, torch.zeros_like(self.adc_range))
+            self.adc_range = self.grid.per_column(op.adc_range.to(reference))
+            if op.adc_bits is not None and op.gain is not None:
+                # For the fused readout: A → ADC code, and code → output units (with the neuron's gain),
+                # per tile column, and the neuron's offset (or bias).
+                steps, lowering = adc_steps(op.adc_bits), self.lowering
+                codes_per_ampere = torch.where(self.adc_range > 0, steps / self.adc_range, torch.zeros_like(self.adc_range))
+                per_code = self.adc_range / steps * op.gain.to(reference)
+                offset = op.bias if op.offset is None else op.offset
+                self._readout_factors = (lowering.per_column(codes_per_ampere), lowering.per_column(per_code),
+                                         None if offset is None else lowering.per_output(offset.to(reference)))
         return self
 
     # --- computing ---------------------------------------------------------------------------
@@ -200,29 +207,25 @@ class CrossbarLayer:
     def __call__(self, x: Tensor, generator: torch.Generator | None = None, observers: Sequence[Observer] = ()) -> Tensor:
         assert self.op.input_range is not None
         phases = self.phases(x, self.op.input_range.scale, generator, observers)
-        if self._codes_per_ampere is None or torch.is_grad_enabled() and x.requires_grad:
+        if self._readout_factors is None or torch.is_grad_enabled() and x.requires_grad:
             return self.neuron(self.digitize(phases))
         return self._readout(phases)
 
     def _readout(self, phases: list[Phase]) -> Tensor:
         """:meth:`digitize` then :meth:`neuron`, fused for inference: each tile's current becomes an ADC
         code in place, and one factor per tile column (code → A → output units) adds them up."""
-        assert self._codes_per_ampere is not None and self.adc_range is not None and self.op.gain is not None
-        lowering, steps = self.lowering, adc_steps(self.op.adc_bits)  # type: ignore[arg-type]
-        gain = self.op.gain.to(self.adc_range)
-        per_code = lowering.per_column(self.adc_range / steps * gain)
-        codes_per_ampere = lowering.per_column(self._codes_per_ampere)
-        offset = self.op.bias if self.op.offset is None else self.op.offset
-        total = None if offset is None else lowering.per_output(offset.to(self.adc_range))
+        assert self._readout_factors is not None
+        codes_per_ampere, per_code, offset = self._readout_factors
+        dim, steps = self.lowering.block_dim, adc_steps(self.op.adc_bits)  # type: ignore[arg-type]
+        total = offset
         for weight, current in phases:
             codes = (current * codes_per_ampere).clamp_(-steps, steps).round_()
             factor = per_code if weight == 1.0 else per_code * weight
-            if codes.shape[lowering.block_dim] == 1:
-                part = codes.select(lowering.block_dim, 0)
-                scale = factor.select(lowering.block_dim, 0)
+            if codes.shape[dim] == 1:
+                part, scale = codes.select(dim, 0), factor.select(dim, 0)
                 total = part.mul_(scale) if total is None else torch.addcmul(total, part, scale)
             else:
-                part = codes.mul_(factor).sum(lowering.block_dim)
+                part = codes.mul_(factor).sum(dim)
                 total = part if total is None else part.add_(total)
         assert total is not None
         return total

@@ -42,6 +42,12 @@ class Observer:
         and ``over`` ones beyond the full-scale input, both clipped."""
 
 
+CLIPPED_SHARE = 0.01
+"""Inputs clipped above full scale are normal in small numbers (ranges come from samples); beyond
+this share of a layer's inputs they are worth a warning. Negative inputs lost by an unsigned layer
+always are."""
+
+
 class ClipCounter(Observer):
     """Inputs each crossbar layer clipped: ``{layer source: [negative, over full scale, total]}``."""
 
@@ -57,6 +63,10 @@ class ClipCounter(Observer):
     def clipped(self) -> dict[str, tuple[int, int, int]]:
         """Only the layers that clipped something."""
         return {k: (v[0], v[1], v[2]) for k, v in self.counts.items() if v[0] or v[1]}
+
+    def worth_a_warning(self) -> dict[str, tuple[int, int, int]]:
+        """The layers that lost negative inputs, or clipped more than :data:`CLIPPED_SHARE` of them."""
+        return {k: v for k, v in self.clipped().items() if v[0] or v[1] > CLIPPED_SHARE * v[2]}
 
 
 class CostObserver(Observer):

@@ -145,21 +145,15 @@ def evaluate(
         clipped={layer: {"negative": neg, "over_full_scale": over, "inputs": count} for layer, (neg, over, count) in clipped.items()},
         costs={observer.name: observer.summary(n) for observer in costs},
     )
-    report.warnings = _warnings(report)
+    report.warnings = _warnings(report, clips)
     return report
 
 
-CLIPPED_SHARE = 0.01
-"""Inputs clipped above full scale are normal in small numbers (ranges come from samples); beyond
-this share the report warns. Negative inputs lost by an unsigned layer are always warned about."""
-
-
-def _warnings(report: Report) -> list[str]:
+def _warnings(report: Report, clips: ClipCounter) -> list[str]:
     warnings = []
-    for layer, counts in report.clipped.items():
+    for layer in clips.worth_a_warning():
+        counts = report.clipped[layer]
         share = (counts["negative"] + counts["over_full_scale"]) / max(counts["inputs"], 1)
-        if not counts["negative"] and share <= CLIPPED_SHARE:
-            continue
         what = []
         if counts["negative"]:
             what.append(f"{counts['negative']:,} negative values of a layer compiled for unsigned inputs")

@@ -58,7 +58,7 @@ class Executable:
         clips = ClipCounter()
         with torch.no_grad():
             out = chip.interpreter([clips]).run(x)[0]
-        clipped = clips.clipped()
+        clipped = clips.worth_a_warning()
         if clipped and not self._warned_clipping:
             self._warned_clipping = True
             worst = ", ".join(f"{layer}: {neg + over} of {total}" for layer, (neg, over, total) in list(clipped.items())[:3])
