@@ -92,10 +92,13 @@ def compile(
     import warnings
 
     from rramc.driver import compile_file
-    from rramc.pipeline import PassTimings, PrintIR
+    from rramc.pipeline import PIPELINES, PassTimings, PrintIR
 
     if pipeline is not None and passes is not None:
         raise RramcError("give --pipeline NAME or --passes TEXT, not both")
+    if pipeline is not None and pipeline not in PIPELINES.names():
+        raise RramcError(f"--pipeline {pipeline!r}: unknown pipeline; known: {', '.join(PIPELINES.names())} "
+                         "(a list of passes goes to --passes)")
     output = output or Path(model.name).with_suffix(".rramx")
     _refuse_overwriting(output, model, target)
     options = None
@@ -243,6 +246,8 @@ def targets(
     from rramc.hardware.target import target_fields
 
     if fields:
+        if name is not None:
+            raise RramcError("--fields lists the format of every target; give it alone, or validate a target file without it")
         for section, entries in target_fields().items():
             console.print(f"[bold]{section}[/]")
             for field, text in entries:

@@ -157,18 +157,21 @@ def compile_file(
     crop = loaded.metadata.get("crop")
     name = calibration if calibration is not None else (training if training is not None else loaded.metadata.get("dataset"))
     if name is None:
-        raise RramcError(f"{model}: calibration needs sample data; pass --calibration DATASET (digits, mnist, fashion-mnist, cifar10)")
+        raise RramcError(f"{model} records no data set: pass --calibration DATASET (digits, mnist, fashion-mnist, cifar10) to "
+                         "calibrate on, and with --reconstruct --dataset DATASET to train on")
     (graph_input,) = loaded.graph.inputs
     calibration_set = _dataset(name, data_dir, crop).shuffled(seed).take(calibration_samples)
     samples = fit_inputs(calibration_set.images, graph_input.shape, calibration_set.name)
     training_set = None
     passes = None if pipeline is None else resolve_pipeline(pipeline)
     if reconstruct is not None:
+        passes = with_reconstruct(passes, dict(reconstruct))
+    if passes is not None and any(p.name == "reconstruct" for p in passes):
         training_set = _dataset(training if training is not None else name, data_dir, crop)
         fit_inputs(training_set.images[:1], graph_input.shape, training_set.name)
-        passes = with_reconstruct(passes, dict(reconstruct))
     elif training is not None:
-        raise RramcError("a training data set is for --reconstruct; to calibrate on a data set use --calibration")
+        raise RramcError("--dataset names the training data of --reconstruct (or of a pipeline with a reconstruct pass); "
+                         "to calibrate on a data set use --calibration")
     metadata = {"source": str(model), "calibration": calibration_set.name, **{f"model.{k}": v for k, v in loaded.metadata.items()}}
     return compile(loaded.graph, target_spec, pipeline=passes, calibration_data=samples, training_data=training_set,
                    input_range=calibration_set.value_range, seed=seed, skip=skip, instruments=instruments, metadata=metadata,

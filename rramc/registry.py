@@ -56,7 +56,7 @@ class Registry(Generic[T]):
         """Add an entry from Python code (tests, notebooks)."""
         if name in self.origins() and self.get(name) is not obj:
             raise self.error(f"{self.what} '{name}' is already defined: {self.origins()[name]}")
-        self._check(name, obj, "registered at run time")
+        self._check(name, obj, f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))} (registered at run time)")
         self._extra[name] = obj
 
     def _check(self, name: str, obj: Any, origin: str) -> None:

@@ -65,32 +65,34 @@ def train_classifier(
     ``on_epoch(epoch, mean loss, train accuracy)`` is called after every epoch; ``progress``
     shows a bar over all batches with the running loss and accuracy.
     """
-    torch.manual_seed(config.seed)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    batches_per_epoch = -(-len(train) // config.batch_size)
-    schedule = None
-    if config.schedule == "cosine":
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * batches_per_epoch))
-    with progress_bar(config.epochs * batches_per_epoch, description, progress) as advance:
-        for epoch in range(config.epochs):
-            model.train()
-            total_loss = correct = seen = 0.0
-            for x, y in train.shuffled(config.seed * 1000 + epoch).batches(config.batch_size):
-                optimizer.zero_grad()
-                logits = model(x)
-                loss = nn.functional.cross_entropy(logits, y)
-                loss.backward()
-                optimizer.step()
-                if schedule is not None:
-                    schedule.step()
-                total_loss += float(loss.detach()) * len(y)
-                correct += float((logits.detach().argmax(1) == y).sum())
-                seen += len(y)
-                advance(f"epoch {epoch + 1}/{config.epochs} loss {total_loss / seen:.4f} acc {100 * correct / seen:.2f} %")
-            if on_epoch is not None:
-                on_epoch(epoch, total_loss / seen, correct / seen)
+    # Seeded for determinism, without touching the caller's global random state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        if config.optimizer == "adam":
+            optimizer: torch.optim.Optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        batches_per_epoch = -(-len(train) // config.batch_size)
+        schedule = None
+        if config.schedule == "cosine":
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, config.epochs * batches_per_epoch))
+        with progress_bar(config.epochs * batches_per_epoch, description, progress) as advance:
+            for epoch in range(config.epochs):
+                model.train()
+                total_loss = correct = seen = 0.0
+                for x, y in train.shuffled(config.seed * 1000 + epoch).batches(config.batch_size):
+                    optimizer.zero_grad()
+                    logits = model(x)
+                    loss = nn.functional.cross_entropy(logits, y)
+                    loss.backward()
+                    optimizer.step()
+                    if schedule is not None:
+                        schedule.step()
+                    total_loss += float(loss.detach()) * len(y)
+                    correct += float((logits.detach().argmax(1) == y).sum())
+                    seen += len(y)
+                    advance(f"epoch {epoch + 1}/{config.epochs} loss {total_loss / seen:.4f} acc {100 * correct / seen:.2f} %")
+                if on_epoch is not None:
+                    on_epoch(epoch, total_loss / seen, correct / seen)
     return model.eval()

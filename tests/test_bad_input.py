@@ -29,6 +29,7 @@ import rramc
 from rramc.cli import app
 from rramc.datasets.idx import write_idx
 from rramc.frontend import save_exported
+from rramc.runtime.file_format import FORMAT_VERSION
 from rramc.samples import models
 
 RRAM_A_YAML = (resources.files("rramc.targets") / "rram_a.yaml").read_text(encoding="utf-8")
@@ -448,7 +449,7 @@ def _executable(kind: str, files: dict[str, Path], tmp_path: Path) -> Path:
         flipped[(begin + end) // 2] ^= 0x01
         path.write_bytes(data[: len(data) - len(body)] + bytes(flipped))
     elif kind == "newer":
-        path.write_bytes(_rewrite_manifest(data, format_version=2, rramc_version="9.0.0"))
+        path.write_bytes(_rewrite_manifest(data, format_version=FORMAT_VERSION + 1, rramc_version="9.0.0"))
     elif kind == "manifest_edited":
         header, body = _header(data)
         header["__metadata__"]["rramx.manifest"] = header["__metadata__"]["rramx.manifest"].replace('"ideal"', '"ideai"')
@@ -467,7 +468,7 @@ BAD_EXECUTABLES = {
     "random": ["not an rramc executable"],
     "truncated": ["truncated"],
     "flipped": ["corrupt", "tensor '1.g_pos'", "checksum"],
-    "newer": ["format 2", "rramc 9.0.0", "format 1 and older", "Upgrade rramc", "recompile"],
+    "newer": [f"format {FORMAT_VERSION + 1}", "rramc 9.0.0", f"format {FORMAT_VERSION} and older", "Upgrade rramc", "recompile"],
     "manifest_edited": ["corrupt", "manifest", "checksum"],
     "plain_safetensors": ["not an rramc executable", "without an rramc manifest"],
 }
@@ -484,7 +485,7 @@ def test_bad_executable(kind: str, command: str, files: dict[str, Path], tmp_pat
 def test_rewriting_the_manifest_keeps_a_valid_file(files: dict[str, Path], tmp_path: Path) -> None:
     """Control for the 'newer' case: the rewrite itself breaks nothing, only the version check fires."""
     path = tmp_path / "same.rramx"
-    path.write_bytes(_rewrite_manifest(files["exe"].read_bytes(), format_version=1))
+    path.write_bytes(_rewrite_manifest(files["exe"].read_bytes(), format_version=FORMAT_VERSION))
     assert rramc.load_executable(path).target.name == "ideal"
 
 
@@ -554,6 +555,31 @@ def test_bad_input_shape(shape: str, words: list[str], files: dict[str, Path], t
 def test_state_dict_without_calibration_data(files: dict[str, Path], tmp_path: Path) -> None:
     message = compile_fails(files["state"], "--model", f"{files['nets']}:small", "--input-shape", "1,8,8", tmp_path=tmp_path)
     has_all(message, str(files["state"]), "--calibration")
+
+
+def test_pipeline_name_and_pipeline_text_together_are_refused(files: dict[str, Path], tmp_path: Path) -> None:
+    message = compile_fails(files["pt2"], "--pipeline", "least_squares", "--passes", "canonicalize,quantize,tile,calibrate,emit",
+                            tmp_path=tmp_path)
+    has_all(message, "--pipeline NAME", "--passes TEXT", "not both")
+
+
+def test_unknown_pipeline_name_lists_the_pipelines(files: dict[str, Path], tmp_path: Path) -> None:
+    has_all(compile_fails(files["pt2"], "--pipeline", "bogus", tmp_path=tmp_path),
+            "'bogus'", "default", "least_squares", "naive", "reconstruct")
+
+
+@pytest.mark.parametrize("which", ["model", "target"])
+def test_output_that_is_an_input_is_refused(which: str, files: dict[str, Path], tmp_path: Path) -> None:
+    model = tmp_path / "mlp.pt2"
+    model.write_bytes(files["pt2"].read_bytes())
+    target = tmp_path / "chip.yaml"
+    target.write_text(RRAM_A_YAML)
+    before = {path: path.read_bytes() for path in (model, target)}
+    output = model if which == "model" else target
+    message = fails("compile", model, "-t", target, "-o", output)
+    has_all(message, f"--output {output} is an input of this command", "choose another output file")
+    assert {path: path.read_bytes() for path in (model, target)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chip.yaml", "mlp.pt2"]  # no temporary file left
 
 
 def test_output_into_a_missing_folder(files: dict[str, Path], tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import torch.nn as nn
 import rramc
 from rramc.errors import PassError
 from rramc.frontend import import_module
-from rramc.ir import CrossbarOp
+from rramc.ir import CrossbarOp, InputRange
 
 
 def only_layer(exe):  # type: ignore[no-untyped-def]
@@ -25,12 +25,19 @@ def test_input_range_static_from_clipped_relu_else_from_data() -> None:
     data = torch.rand(64, 6) * 3.0
     exe = rramc.compile(model, "ideal", data)
     first, second, third = exe.graph.nodes_of(CrossbarOp)
-    assert first.op.input_scale == pytest.approx(float(data.max()))
-    assert first.op.input_signed is False and first.meta["input_range"] == "calibrated"
+    # An undeclared network input is taken to be signed; its full scale comes from the data.
+    assert first.op.input_range == InputRange(pytest.approx(float(data.max())), True, "calibrated")
     with torch.no_grad():
         hidden = torch.relu(model[0](data))
-    assert second.op.input_scale == pytest.approx(float(hidden.max()), rel=1e-5)
-    assert third.op.input_scale == 0.75 and third.meta["input_range"] == "static"
+    # After a ReLU the inputs are unsigned (the graph says so), the unbounded full scale is the data's.
+    assert second.op.input_range.scale == pytest.approx(float(hidden.max()), rel=1e-5)
+    assert second.op.input_range.signed is False and second.op.input_range.origin == "calibrated"
+    assert third.op.input_range == InputRange(0.75, False, "static")
+    # A declared input range decides the first layer: unsigned, full scale at the range's bound.
+    declared = rramc.compile(model, "ideal", data, input_range=(0.0, 3.0))
+    first = declared.graph.nodes_of(CrossbarOp)[0]
+    assert first.op.input_range == InputRange(3.0, False, "declared")
+    assert declared.graph.inputs[0].op.value_range == (0.0, 3.0)
 
 
 def test_signed_inputs_are_detected_and_applied_in_two_phases() -> None:
@@ -39,8 +46,26 @@ def test_signed_inputs_are_detected_and_applied_in_two_phases() -> None:
     data = torch.randn(32, 8)
     exe = rramc.compile(model, "ideal", data)
     op = only_layer(exe).op
-    assert op.input_signed is True and op.input_scale == pytest.approx(float(data.abs().max()))
+    assert op.input_range.signed is True and op.input_range.scale == pytest.approx(float(data.abs().max()))
     torch.testing.assert_close(exe(data), model(data), rtol=1e-5, atol=1e-5)
+
+
+def test_the_sign_of_an_activation_the_graph_says_nothing_about_comes_from_the_data() -> None:
+    """Between two linear layers the graph bounds nothing: negative samples make the second layer signed."""
+    torch.manual_seed(0)
+    data = torch.rand(64, 4)
+    for sign, signed in ((1.0, False), (-1.0, True)):
+        model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+        with torch.no_grad():
+            model[0].weight.copy_(sign * torch.rand(3, 4))
+            model[0].bias.zero_()
+        exe = rramc.compile(model, "ideal", data, input_range=(0, 1))
+        first, second = exe.graph.nodes_of(CrossbarOp)
+        assert first.op.input_range == InputRange(1.0, False, "declared")
+        with torch.no_grad():
+            hidden = model[0](data)
+        assert second.op.input_range == InputRange(pytest.approx(float(hidden.abs().max()), rel=1e-5), signed, "calibrated")
+        torch.testing.assert_close(exe(data), model(data), rtol=1e-4, atol=1e-5)
 
 
 def test_full_scale_gain_makes_a_full_input_exact_and_a_half_input_sinh_shaped() -> None:
@@ -49,8 +74,8 @@ def test_full_scale_gain_makes_a_full_input_exact_and_a_half_input_sinh_shaped()
     model = nn.Linear(10, 4)
     target = rramc.load_target("rram_a").with_changes(conductance={"levels": None}, crossbar={"dac_bits": None, "adc_bits": None})
     exe = rramc.compile(model, target, torch.rand(16, 10))
-    assert only_layer(exe).op.input_scale == pytest.approx(1.0, abs=0.1)
-    scale = only_layer(exe).op.input_scale
+    assert only_layer(exe).op.input_range.scale == pytest.approx(1.0, abs=0.1)
+    scale = only_layer(exe).op.input_range.scale
     full = torch.full((1, 10), scale)
     torch.testing.assert_close(exe(full), model(full), rtol=1e-5, atol=1e-5)
     b = 2 * math.acosh(7.5 / 2)
@@ -68,7 +93,7 @@ def test_adc_range_is_the_largest_tile_current_on_the_samples() -> None:
     exe = rramc.compile(model, target, data, pipeline="canonicalize,quantize,tile{cols=4},calibrate,emit")
     op = only_layer(exe).op
     assert op.adc_range.shape == (3, 2)  # row blocks of 16,16,8 word lines × column blocks of 4,2 outputs
-    voltages = data / op.input_scale * target.crossbar.read_voltage
+    voltages = data / op.input_range.scale * target.crossbar.read_voltage
     delta = op.g_pos - op.g_neg
     for i, (r0, r1) in enumerate(zip(op.row_splits, op.row_splits[1:])):
         for j, (c0, c1) in enumerate(zip(op.col_splits, op.col_splits[1:])):

@@ -9,7 +9,7 @@ from rramc.frontend import import_module
 from rramc.hardware import load_target
 from rramc.ir import AvgPool2d, ChannelAffine, Clamp
 from rramc.pipeline import CompileContext, make_pass
-from rramc.runtime.interpreter import Program
+from rramc.hardware.interpreter import FloatKernel, Interpreter
 
 
 def canonicalize(graph, **options):  # type: ignore[no-untyped-def]
@@ -26,7 +26,7 @@ def test_batch_norm_folds_into_conv_and_linear(trained_cnn: nn.Module, residual_
         after = canonicalize(graph.copy())
         assert "batch_norm" not in {n.op.kind for n in after}
         assert after.node("features_0" if "features_0" in after else "stem_0").meta["folded"]
-        torch.testing.assert_close(Program(after)(x), model(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(Interpreter(after, FloatKernel())(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 def test_unfoldable_batch_norm_becomes_a_digital_affine() -> None:
@@ -39,7 +39,7 @@ def test_unfoldable_batch_norm_becomes_a_digital_affine() -> None:
     after = canonicalize(import_module(model, x))
     assert [n.op.kind for n in after][1:-1] == ["channel_affine", "reshape", "linear"]
     assert isinstance(after.node("0").op, ChannelAffine)
-    torch.testing.assert_close(Program(after)(x), model(x))
+    torch.testing.assert_close(Interpreter(after, FloatKernel())(x), model(x))
     # With folding switched off, even a foldable norm stays digital.
     folded_off = canonicalize(import_module(nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)).eval(), x), fold_batch_norm=False)
     assert "channel_affine" in [n.op.kind for n in folded_off]
@@ -63,7 +63,7 @@ def test_relu_then_clamp_becomes_one_clipped_relu_and_reshapes_collapse() -> Non
     assert [n.op.kind for n in after][1:-1] == ["clamp", "linear"]
     clamp = after.nodes_of(Clamp)[0].op
     assert (clamp.low, clamp.high) == (0.0, 0.5)
-    torch.testing.assert_close(Program(after)(x), net(x))
+    torch.testing.assert_close(Interpreter(after, FloatKernel())(x), net(x))
 
 
 def test_exact_adaptive_pooling_becomes_average_pooling() -> None:
@@ -72,7 +72,7 @@ def test_exact_adaptive_pooling_becomes_average_pooling() -> None:
     after = canonicalize(import_module(model, x))
     pool = after.nodes_of(AvgPool2d)[0].op
     assert pool.kernel_size == (3, 3) and pool.stride == (3, 3)
-    torch.testing.assert_close(Program(after)(x), model(x))
+    torch.testing.assert_close(Interpreter(after, FloatKernel())(x), model(x))
     # 7 → 3 has no exact window: the adaptive op stays (the runtime executes it digitally).
     inexact = canonicalize(import_module(nn.Sequential(nn.AdaptiveAvgPool2d(3)).eval(), torch.rand(1, 1, 7, 7)))
     assert "adaptive_avg_pool2d" in [n.op.kind for n in inexact]

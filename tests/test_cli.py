@@ -247,11 +247,25 @@ def test_pipeline_options_change_the_executable(files: dict[str, Path], tmp_path
     assert first.op.g_pos.unique().numel() > 8
 
 
+def test_named_pipelines(files: dict[str, Path], tmp_path: Path) -> None:
+    x = rramc.load_dataset("digits", "test").images[:64]
+    outputs = {}
+    for name, pipeline in (("default", "canonicalize,quantize,tile,calibrate,emit"), ("naive", "canonicalize,quantize,tile,calibrate,emit"),
+                           ("least_squares", "canonicalize,quantize,tile,calibrate{gain=least_squares},emit")):
+        out = tmp_path / f"{name}.rramx"
+        ok("compile", files["pt2"], "-t", "rram_a", "--pipeline", name, "-o", out)
+        exe = rramc.load_executable(out)
+        assert exe.metadata["pipeline"] == pipeline
+        outputs[name] = exe(x)
+    assert torch.equal(outputs["default"], outputs["naive"])
+    assert not torch.equal(outputs["default"], outputs["least_squares"])
+
+
 def test_print_ir_shows_the_ir_after_every_pass(files: dict[str, Path], tmp_path: Path) -> None:
     text = ok("compile", files["pt2"], "-t", "ideal", "-o", tmp_path / "x.rramx", "--print-ir")
     headers = re.findall(r"// IR after (\S+)", text)
     assert headers == list(PASS_NAMES)
-    assert "xbar.linear" in text and "graph(" in text
+    assert "xbar.linear" in text and "graph {" in text
     assert text.index("// IR after quantize") < text.index("xbar.linear")
 
 
@@ -379,7 +393,7 @@ def test_inspect_shows_ir_tiles_and_utilisation(chip_exe: Path) -> None:
     assert str(chip_exe) in text and "mlp.pt2" in text
     assert "pipeline canonicalize,quantize,tile,calibrate,emit" in text
     assert "target rram_a" in text
-    assert "graph(" in text and text.count("= xbar.linear(") == 2
+    assert "graph {" in text and text.count("= xbar.linear(") == 2
     assert "Tiles" in text and "utilisation" in text and "word lines" in text
     assert "0:64" in text and "25.0 %" in text  # 64 rows × 32 differential outputs of 128×128
     assert re.search(r"2 arrays of 128×128, 4,736 of 32,768 cells used \(14\.5 %\)", text)
@@ -413,7 +427,10 @@ def test_targets_fields_lists_every_field_with_units() -> None:
         assert re.search(rf"^{re.escape(section)}$", text, re.MULTILINE), section
     assert re.search(r"^  g_min: .*\[S\]", text, re.MULTILINE)
     assert re.search(r"^  read_voltage: .*\[V\]", text, re.MULTILINE)
-    assert re.search(r"^  weight_encoding: one of differential, offset", text, re.MULTILINE)
+    # encodings and wires are open to plugins: the built-in choices are named, not a closed list
+    assert re.search(r"^  weight_encoding: .*differential.*offset", text, re.MULTILINE)
+    assert re.search(r"^  input_encoding: .*amplitude", text, re.MULTILINE)
+    assert re.search(r"^wires \(model: ideal\)$", text, re.MULTILINE)
     assert re.search(r"^  adc_bits: an integer >= 2 and <= 16 or null", text, re.MULTILINE)
     assert re.search(r"^  nonlinearity_k: ", text, re.MULTILINE)
 

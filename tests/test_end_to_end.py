@@ -60,11 +60,17 @@ def test_chip_instances_are_reproducible_and_differ_by_seed(trained_mlp, digits_
     x = digits_test.images[:32]
     assert torch.equal(exe(x, seed=3), exe(x, seed=3))
     assert not torch.equal(exe(x, seed=3), exe(x, seed=4))
-    # the nominal chip (seed-independent) is what calibration saw: variation adds error on top
-    clean = rramc.compile(trained_mlp, "rram_a", digits_train.images[:256])
-    noisy_error = (exe(x, seed=3) - exe.reference(x)).norm()
+    # the nominal chip (seed-independent) is what calibration saw: variation adds error on top. Compared
+    # on linear cells with rram_a's levels and converters: on sinh cells the naive chip's outputs are ~5 %
+    # of the float ones, so ‖chip - float‖ ≈ ‖float‖ and the comparison would only measure a small shift of
+    # the mean gain (mean-preserving variation through ReLUs raises it slightly), not the added error.
+    linear = rramc.load_target("rram_a").with_changes(device={"model": "linear"})
+    noisy = rramc.compile(trained_mlp, linear.with_changes(nonidealities={"programming_sigma": 0.05, "read_noise_sigma": 0.02}),
+                          digits_train.images[:256])
+    clean = rramc.compile(trained_mlp, linear, digits_train.images[:256])
     clean_error = (clean(x) - clean.reference(x)).norm()
-    assert noisy_error > clean_error
+    for seed in (3, 4):
+        assert (noisy(x, seed=seed) - noisy.reference(x)).norm() > 2 * clean_error
 
 
 def test_a_network_with_unbounded_negative_inputs_runs(digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
@@ -88,6 +94,6 @@ def test_tiles_that_never_carry_current_give_zero_not_nan() -> None:
     exe = rramc.compile(model, "rram_a", x, pipeline="canonicalize,quantize,tile{cols=2},calibrate,emit")
     first = exe.graph.nodes_of(rramc.ir.CrossbarOp)[0].op
     assert float(first.adc_range[0, 1]) == 0.0
-    out = exe.program("chip").trace(x)
-    assert torch.isfinite(out[exe.graph.output.name]).all()
-    torch.testing.assert_close(out["0"][:, 2:], model[0].bias[2:].detach().expand(32, 2))
+    out, values = exe.chip(0).interpreter().run(x, keep=True)
+    assert torch.isfinite(out).all() and torch.isfinite(values["0"]).all()
+    torch.testing.assert_close(values["0"][:, 2:], model[0].bias[2:].detach().expand(32, 2))

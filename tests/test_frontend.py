@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from rramc.errors import FrontendError
 from rramc.frontend import import_exported, import_module, load_model, save_exported
 from rramc.ir import BatchNorm, Clamp, Conv2d, Linear, MaxPool2d, ReLU, Reshape
-from rramc.runtime.interpreter import Program
+from rramc.hardware.interpreter import FloatKernel, Interpreter
 from rramc.samples import sample_path
 
 
@@ -63,7 +63,7 @@ def test_fx_import_reproduces_pytorch(everything: nn.Module) -> None:
                             "adaptive_avg_pool2d", "clamp", "reshape", "linear", "batch_norm", "clamp", "clamp", "linear"]
     assert graph.node("fc").meta == {"source": "fc", "module_type": "Linear"}
     assert graph.node("conv2").op.padding == (1, 1)
-    torch.testing.assert_close(Program(graph)(x), everything(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(Interpreter(graph, FloatKernel())(x), everything(x), rtol=1e-5, atol=1e-6)
 
 
 def test_export_import_matches_fx_import(everything: nn.Module, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -72,7 +72,7 @@ def test_export_import_matches_fx_import(everything: nn.Module, tmp_path) -> Non
     loaded = load_model(tmp_path / "m.pt2")
     assert loaded.metadata == {"dataset": "digits"}
     assert [type(n.op) for n in loaded.graph] == [type(n.op) for n in import_module(everything, x)]
-    torch.testing.assert_close(Program(loaded.graph)(x), everything(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(Interpreter(loaded.graph, FloatKernel())(x), everything(x), rtol=1e-5, atol=1e-6)
     # Layer names come from the module hierarchy, also for ATen ops.
     assert {n.source for n in loaded.graph.nodes_of(Linear)} == {"fc", "out"}
 
@@ -148,4 +148,4 @@ def test_export_with_core_aten_decompositions(everything: nn.Module) -> None:
     assert "aten.addmm.default" in targets and "aten.convolution.default" in targets
     graph = import_exported(program)
     assert kinds(graph) == ["conv2d", "relu", "avg_pool2d", "reshape", "linear"]
-    torch.testing.assert_close(Program(graph)(x), model(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(Interpreter(graph, FloatKernel())(x), model(x), rtol=1e-5, atol=1e-6)

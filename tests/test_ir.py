@@ -24,13 +24,18 @@ def small_graph() -> Graph:
 def test_printer_shows_ops_shapes_attributes_and_source() -> None:
     text = str(small_graph())
     assert text.splitlines() == [
-        "graph(%x: [N,1,4,4]) {",
+        "graph {",
+        "  %x = input() : [N,1,4,4]",
         "  %flat = reshape(%x) {shape=(16,)} : [N,16]",
-        "  %fc = linear(%flat) {weight=f32[8,16], bias=f32[8]} : [N,8]  # net.fc",
-        "  %act = clamp(%fc) {low=0, high=1} : [N,8]",
-        "  return %act",
+        "  %fc = linear(%flat) {weight=f32[8,16], bias=f32[8](0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)} : [N,8]  # net.fc",
+        "  %act = clamp(%fc) {low=0.0, high=1.0} : [N,8]",
+        "  %out = output(%act) : [N,8]",
         "}",
     ]
+    # The complete text writes every value (the 128 weights too), and no elided tensor is left.
+    complete = small_graph().to_text()
+    assert "weight=f32[8,16](" + ", ".join(["1.0"] * 128) + ")" in complete
+    assert complete.replace("weight=f32[8,16](" + ", ".join(["1.0"] * 128) + ")", "weight=f32[8,16]") == text
 
 
 def test_shapes_are_inferred_and_names_made_unique() -> None:

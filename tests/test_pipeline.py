@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -12,9 +14,13 @@ import torch
 import torch.nn as nn
 
 import rramc
-from rramc.errors import PassError
+from rramc.errors import PassError, RramcError
 from rramc.frontend import import_module
-from rramc.pipeline import PASSES, CompileContext, PassManager, default_pipeline, make_pass, parse_pipeline
+from rramc.ir import IRParseError, parse_graph
+from rramc.pipeline import (
+    PASSES, PIPELINES, CompileContext, PassInstrument, PassManager, PassTimings, PrintIR, default_pipeline, make_pass,
+    named_pipeline, parse_pipeline, resolve_pipeline,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,11 +59,12 @@ def test_bad_pipelines_say_what_is_wrong(text: str, message: str) -> None:
 def test_manager_prints_times_and_skips() -> None:
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     printed: list[str] = []
-    manager = PassManager(default_pipeline(), skip=frozenset({"canonicalize"}), print_after_each=True,
-                          print_ir=lambda name, text: printed.append(f"{name}\n{text}"))
+    timings = PassTimings()
+    manager = PassManager(default_pipeline(), skip=frozenset({"canonicalize"}),
+                          instruments=[PrintIR(lambda name, text: printed.append(f"{name}\n{text}")), timings])
     exe = rramc.compile(model, "ideal", torch.rand(8, 4), pass_manager=manager)
-    assert [name for name, _ in manager.timings] == ["quantize", "tile", "calibrate", "emit"]
-    assert all(seconds >= 0 for _, seconds in manager.timings)
+    assert [name for name, _ in timings.timings] == ["quantize", "tile", "calibrate", "emit"]
+    assert all(seconds >= 0 for _, seconds in timings.timings)
     assert [p.split("\n")[0] for p in printed] == ["quantize", "tile", "calibrate", "emit"]
     assert "xbar.linear" in printed[0] and "row_splits" not in printed[0] and "row_splits" in printed[1]
     assert exe.metadata["pipeline"] == "quantize,tile,calibrate,emit"
@@ -131,3 +138,140 @@ def test_plugin_pass_installed_from_samples_works_from_the_cli(tmp_path: Path, d
     torch.testing.assert_close(layer.op.weight, weight.clamp(-limit, limit))
     assert layer.meta["clipped_weights"] > 0
     assert "clip_weights{percentile=90.0}" in exe.metadata["pipeline"]
+
+
+# --- instruments and named pipelines -------------------------------------------------------------
+
+
+class Recorder(PassInstrument):
+    """A user-defined instrument: records every hook call with what it saw."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def enter_pipeline(self, passes, ctx) -> None:  # type: ignore[no-untyped-def]
+        self.events.append(("enter", ",".join(p.name for p in passes)))
+
+    def before_pass(self, p, graph, ctx) -> None:  # type: ignore[no-untyped-def]
+        self.events.append(("before", p.name, ",".join(ctx.passes_run), _stage(graph)))
+
+    def after_pass(self, p, graph, ctx, seconds) -> None:  # type: ignore[no-untyped-def]
+        assert seconds >= 0
+        self.events.append(("after", p.name, ",".join(ctx.passes_run), _stage(graph)))
+
+    def exit_pipeline(self, graph, ctx) -> None:  # type: ignore[no-untyped-def]
+        self.events.append(("exit", _stage(graph), "graph" in ctx.artifacts and "artifact"))
+
+
+def _stage(graph) -> str:  # type: ignore[no-untyped-def]
+    """How far the graph is lowered: float, mapped, tiled or calibrated."""
+    from rramc.ir import CrossbarOp
+
+    layers = [n.op for n in graph.nodes_of(CrossbarOp)]
+    if not layers:
+        return "float"
+    if all(op.is_calibrated for op in layers):
+        return "calibrated"
+    return "tiled" if all(op.is_tiled for op in layers) else "mapped"
+
+
+def test_a_user_instrument_sees_every_pass_in_order() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    recorder = Recorder()
+    exe = rramc.compile(model, "ideal", torch.rand(64, 4), instruments=[recorder])
+    assert recorder.events == [
+        ("enter", "canonicalize,quantize,tile,calibrate,emit"),
+        ("before", "canonicalize", "", "float"),
+        ("after", "canonicalize", "canonicalize", "float"),
+        ("before", "quantize", "canonicalize", "float"),
+        ("after", "quantize", "canonicalize,quantize", "mapped"),
+        ("before", "tile", "canonicalize,quantize", "mapped"),
+        ("after", "tile", "canonicalize,quantize,tile", "tiled"),
+        ("before", "calibrate", "canonicalize,quantize,tile", "tiled"),
+        ("after", "calibrate", "canonicalize,quantize,tile,calibrate", "calibrated"),
+        ("before", "emit", "canonicalize,quantize,tile,calibrate", "calibrated"),
+        ("after", "emit", "canonicalize,quantize,tile,calibrate,emit", "calibrated"),
+        ("exit", "calibrated", "artifact"),
+    ]
+    assert exe.metadata["pipeline"] == "canonicalize,quantize,tile,calibrate,emit"
+    # skipped passes are not announced; the same instrument works on a PassManager directly
+    recorder = Recorder()
+    graph = import_module(model, torch.rand(2, 4))
+    PassManager(parse_pipeline("canonicalize,quantize,tile"), skip=frozenset({"canonicalize"}),
+                instruments=[recorder]).run(graph, CompileContext(rramc.load_target("ideal")))
+    assert [e[:2] for e in recorder.events] == [("enter", "quantize,tile"), ("before", "quantize"), ("after", "quantize"),
+                                                ("before", "tile"), ("after", "tile"), ("exit", "tiled")]
+
+
+def test_a_failing_pass_is_announced_but_not_finished() -> None:
+    recorder = Recorder()
+    with pytest.raises(PassError, match="(?s)pass 'emit' failed .passes run before it: canonicalize, quantize.: .*not tiled"):
+        rramc.compile(nn.Linear(4, 2), "ideal", torch.rand(64, 4), pipeline="canonicalize,quantize,emit",
+                      instruments=[recorder])
+    assert [e[:2] for e in recorder.events][-2:] == [("after", "quantize"), ("before", "emit")]
+
+
+def test_print_ir_and_pass_timings_instruments() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    printed: list[tuple[str, str]] = []
+    complete: list[tuple[str, str]] = []
+    timings = PassTimings()
+    exe = rramc.compile(model, "rram_a", torch.rand(64, 4), pipeline="canonicalize,quantize{levels=16},tile{rows=2},calibrate,emit",
+                        instruments=[PrintIR(lambda name, text: printed.append((name, text))),
+                                     PrintIR(lambda name, text: complete.append((name, text)), complete=True), timings])
+    names = ["canonicalize", "quantize{levels=16}", "tile{rows=2}", "calibrate", "emit"]
+    assert [name for name, _ in printed] == names == [name for name, _ in complete]
+    assert [name for name, _ in timings.timings] == ["canonicalize", "quantize", "tile", "calibrate", "emit"]
+    assert all(seconds >= 0 for _, seconds in timings.timings)
+    # people's text elides big tensors; the complete text parses back to the graph after each pass
+    assert "g_pos=f32[4,3]," in printed[1][1] and "g_pos=f32[4,3](" in complete[1][1]
+    assert "row_splits=(0, 2, 4)" in printed[2][1] and "adc_range" in printed[3][1] and "adc_range" not in printed[2][1]
+    assert parse_graph(complete[-1][1]).to_text() == complete[-1][1] == exe.graph.to_text()
+    with pytest.raises(IRParseError, match="elided"):
+        parse_graph(printed[1][1])
+    assert exe.metadata["pass_seconds"].keys() == {"canonicalize", "quantize", "tile", "calibrate", "emit"}
+    # print_ir=True prints to stdout through the same instrument
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        rramc.compile(model, "ideal", torch.rand(64, 4), print_ir=True)
+    assert [line for line in buffer.getvalue().splitlines() if line.startswith("// IR after")] == [
+        "// IR after canonicalize", "// IR after quantize", "// IR after tile", "// IR after calibrate", "// IR after emit"]
+
+
+def test_named_pipelines_resolve() -> None:
+    assert set(PIPELINES.names()) >= {"default", "naive", "least_squares", "reconstruct"}
+    def texts(spec):  # type: ignore[no-untyped-def]
+        return [str(p) for p in resolve_pipeline(spec)]
+
+    assert texts("default") == texts("naive") == texts(None) == [str(p) for p in default_pipeline()] == \
+        ["canonicalize", "quantize", "tile", "calibrate", "emit"]
+    assert texts("least_squares") == ["canonicalize", "quantize", "tile", "calibrate{gain=least_squares}", "emit"]
+    assert texts(" reconstruct ") == ["canonicalize", "reconstruct", "quantize", "tile", "calibrate", "emit"]
+    assert texts("reconstruct,emit") == ["reconstruct", "emit"]  # text that is not a name is a pipeline
+    configured = named_pipeline("reconstruct", reconstruct={"epochs": 1, "lr": 0.01}, tile={"rows": 64})
+    assert [str(p) for p in configured] == ["canonicalize", "reconstruct{epochs=1,lr=0.01}", "quantize", "tile{rows=64}",
+                                            "calibrate", "emit"]
+    with pytest.raises(PassError, match="pipeline 'default' has no pass reconstruct"):
+        named_pipeline("default", reconstruct={"epochs": 1})
+    with pytest.raises(RramcError, match="unknown pipeline 'fancy'"):
+        named_pipeline("fancy")
+    # a named pipeline through compile: the least-squares calibration fits offsets
+    exe = rramc.compile(nn.Linear(4, 2), "rram_a", torch.rand(64, 4), pipeline="least_squares")
+    assert exe.metadata["pipeline"] == "canonicalize,quantize,tile,calibrate{gain=least_squares},emit"
+    assert exe.graph.nodes_of(rramc.ir.CrossbarOp)[0].op.offset is not None
+
+
+def test_repeated_options_empty_pipelines_and_conflicting_arguments_are_refused() -> None:
+    with pytest.raises(PassError, match="pass 'quantize': option 'levels' is given twice"):
+        parse_pipeline("quantize{levels=8,levels=16}")
+    with pytest.raises(PassError, match="pass 'quantize': option 'levels' is given twice"):
+        rramc.compile(nn.Linear(4, 2), "ideal", torch.rand(64, 4), pipeline="canonicalize,quantize{levels=8,levels=16},emit")
+    for empty in ([], (), " "):
+        with pytest.raises(PassError, match="^the pipeline is empty$"):
+            rramc.compile(nn.Linear(4, 2), "ideal", torch.rand(64, 4), pipeline=empty)
+    with pytest.raises(PassError, match="a pipeline is a list of rramc.Pass objects; got str 'canonicalize'"):
+        rramc.compile(nn.Linear(4, 2), "ideal", torch.rand(64, 4), pipeline=["canonicalize", "tile"])  # type: ignore[list-item]
+    manager = PassManager(default_pipeline())
+    for conflict in (dict(pipeline="naive"), dict(skip=["tile"]), dict(print_ir=True), dict(instruments=[PassTimings()])):
+        with pytest.raises(PassError, match="give either pass_manager or pipeline/skip/print_ir/instruments, not both"):
+            rramc.compile(nn.Linear(4, 2), "ideal", torch.rand(64, 4), pass_manager=manager, **conflict)

@@ -9,8 +9,15 @@ import torch.nn as nn
 from rramc.frontend import import_module
 from rramc.hardware import load_target
 from rramc.ir import CrossbarConv2d, CrossbarLinear, Linear
-from rramc.hardware.mapping import map_weights
-from rramc.pipeline import CompileContext, parse_pipeline, PassManager
+from rramc.hardware.weight_encoding import weight_encoding
+from rramc.pipeline import CompileContext, PassManager, parse_pipeline
+
+
+def map_weights(weight: torch.Tensor, target, *, per_column: bool = True):  # type: ignore[no-untyped-def]
+    """(g_pos, g_neg, conductance_per_weight) of the target's weight encoding, on the target's levels."""
+    mapped = weight_encoding(target.crossbar.weight_encoding, target).map(weight, per_column=per_column,
+                                                                          levels=target.conductance.levels)
+    return mapped.g_pos, mapped.g_neg, mapped.conductance_per_weight
 
 
 def quantized(model: nn.Module, x: torch.Tensor, target, pipeline="canonicalize,quantize"):  # type: ignore[no-untyped-def]
@@ -56,6 +63,34 @@ def test_offset_encoding_uses_a_reference_column_at_mid_window() -> None:
     assert torch.allclose(g_neg, torch.full_like(g_neg, mid))
     torch.testing.assert_close((g_pos - g_neg).T / scale[:, None], w, rtol=1e-4, atol=1e-5)
     assert float(g_pos.min()) >= c.g_min * (1 - 1e-6) and float(g_pos.max()) <= c.g_max * (1 + 1e-6)
+
+
+def test_state_dependent_cells_are_mapped_in_the_current_domain() -> None:
+    """rram_b's current is not linear in G: the read currents at full voltage, not the conductances,
+    are linear in the weights, so the full-scale calibration stays exact; on levels, each cell takes
+    the level whose read current is nearest."""
+    target = load_target("rram_b")
+    c, device, vread = target.conductance, target.device, target.crossbar.read_voltage
+    torch.manual_seed(0)
+    w = torch.randn(6, 9)
+
+    def current(g: torch.Tensor) -> torch.Tensor:
+        return device.current(torch.full_like(g.double(), vread), g.double())
+
+    i_min, i_max = (float(current(torch.tensor(g))) for g in (c.g_min, c.g_max))
+    encoding = weight_encoding("differential", target)
+    mapped = encoding.map(w, per_column=True, levels=None)
+    per_weight = mapped.conductance_per_weight.double() * (i_max - i_min) / (c.g_max - c.g_min)  # A per weight unit
+    torch.testing.assert_close((current(mapped.g_pos) - current(mapped.g_neg)).T / per_weight[:, None], w.double(),
+                               rtol=1e-4, atol=1e-4)
+    linear_in_g = (mapped.g_pos - mapped.g_neg).T.double() / mapped.conductance_per_weight.double()[:, None]
+    assert float((linear_in_g - w).abs().max()) > 1e-2  # the conductances themselves are not linear in W
+    levels = encoding.map(w, per_column=True, levels=c.levels)
+    grid = torch.linspace(c.g_min, c.g_max, c.levels, dtype=torch.float64)
+    for g, exact in ((levels.g_pos, mapped.g_pos), (levels.g_neg, mapped.g_neg)):
+        assert bool(torch.isclose(g.double()[..., None], grid.float().double(), rtol=1e-6, atol=0).any(-1).all())
+        nearest = grid[(current(grid)[None, None, :] - current(exact)[..., None]).abs().argmin(-1)]
+        torch.testing.assert_close(g.double(), nearest, rtol=1e-6, atol=0)
 
 
 def test_pass_lowers_every_layer_and_options_override_the_target(trained_cnn: nn.Module) -> None:

@@ -30,6 +30,7 @@ def reconstructed_graph(model: nn.Module, target: str, data, options: str = "epo
     return PassManager(parse_pipeline(f"canonicalize,reconstruct{{{options}}}")).run(graph, ctx)
 
 
+@pytest.mark.slow
 def test_reconstruction_beats_the_naive_mapping_on_held_back_data(clipped_mlp, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
     calibration = digits_train.images[:512]
     for target in ("rram_a", "rram_b"):
@@ -47,6 +48,7 @@ def test_reconstruction_beats_the_naive_mapping_on_held_back_data(clipped_mlp, d
     assert least_squares.chip_accuracy > naive.chip_accuracy  # a smarter calibration recovers part of the loss
 
 
+@pytest.mark.slow
 def test_a_network_reconstructed_for_sinh_cells_is_worse_on_linear_cells(clipped_mlp, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
     """The weights really learned the device: on the ideal chip they lose to weights trained for it."""
     for_rram = reconstructed_graph(clipped_mlp, "rram_a", digits_train)
@@ -59,6 +61,7 @@ def test_a_network_reconstructed_for_sinh_cells_is_worse_on_linear_cells(clipped
     assert on_rram_from_rram.chip_accuracy > on_ideal_from_rram.chip_accuracy + 0.05
 
 
+@pytest.mark.slow
 def test_the_trained_model_is_what_the_chip_computes(clipped_mlp, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
     """With continuous conductances and ideal converters the chip equals the trained model exactly."""
     target = rramc.load_target("rram_b").with_changes(conductance={"levels": None}, crossbar={"dac_bits": None, "adc_bits": None})
@@ -69,8 +72,9 @@ def test_the_trained_model_is_what_the_chip_computes(clipped_mlp, digits_train, 
     assert report.chip_accuracy == report.float_accuracy and report.agreement == 1.0
     assert all(layer.local_error < 1e-5 and layer.cumulative_error < 1e-5 for layer in report.layers)
     layers = exe.graph.nodes_of(CrossbarOp)
-    assert [n.meta["input_range"] for n in layers] == ["reconstruct"] * 3
-    assert layers[0].meta["reconstructed"]["target"] == "rram_b"
+    assert [n.op.input_range.origin for n in layers] == ["reconstruct"] * 3
+    assert layers[0].op.trained_for.target_name == "rram_b"
+    assert layers[0].op.trained_for.target == target.to_mapping()  # the whole spec it was trained for, as modified
 
 
 def test_relu_networks_get_clipped_activations_and_training_is_deterministic(trained_mlp, digits_train) -> None:  # type: ignore[no-untyped-def]
@@ -79,12 +83,14 @@ def test_relu_networks_get_clipped_activations_and_training_is_deterministic(tra
     other = reconstructed_graph(trained_mlp, "rram_a", digits_train, "epochs=1,samples=400,seed=4")
     clamps = first.nodes_of(Clamp)
     assert len(clamps) == 2 and all(n.op.low == 0.0 and n.op.high > 0 and n.meta["clipped_by"] == "reconstruct" for n in clamps)
-    assert [n.meta["input_scale"] for n in first.nodes_of(Linear)][1:] == [n.op.high for n in clamps]
+    assert [n.op.input_range.scale for n in first.nodes_of(Linear)][1:] == [n.op.high for n in clamps]
+    assert all(n.op.input_range.origin == "reconstruct" and not n.op.input_range.signed for n in first.nodes_of(Linear)[1:])
     for a, b, c in zip(first.nodes_of(Linear), second.nodes_of(Linear), other.nodes_of(Linear)):
         assert torch.equal(a.op.weight, b.op.weight)
         assert not torch.equal(a.op.weight, c.op.weight)
 
 
+@pytest.mark.slow
 def test_chip_effects_in_the_training_loop_and_conv_networks(trained_cnn, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
     calibration = digits_train.images[:256]
     target = rramc.load_target("rram_a").with_changes(nonidealities={"programming_sigma": 0.03})
@@ -94,9 +100,10 @@ def test_chip_effects_in_the_training_loop_and_conv_networks(trained_cnn, digits
     report = exe.run(digits_test)
     assert [layer.kind for layer in report.layers] == ["xbar.conv2d", "xbar.conv2d", "xbar.linear"]
     assert report.chip_accuracy > naive.chip_accuracy
-    assert exe.graph.nodes_of(CrossbarOp)[0].meta["reconstructed"]["in_loop"] == ["levels", "converters", "variation"]
+    assert exe.graph.nodes_of(CrossbarOp)[0].op.trained_for.in_loop == ("levels", "converters", "variation")
 
 
+@pytest.mark.slow
 def test_from_scratch_training(digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
     model = models.mlp(64, 32, 10, clipped=True)  # untrained
     exe = rramc.compile(model, "rram_a", digits_train.images[:256], training_data=digits_train,
@@ -104,7 +111,8 @@ def test_from_scratch_training(digits_train, digits_test) -> None:  # type: igno
     assert exe.run(digits_test).chip_accuracy > 0.8
 
 
-def test_reconstruct_refuses_what_it_cannot_train(clipped_mlp, digits_train) -> None:  # type: ignore[no-untyped-def]
+def test_reconstruct_refuses_what_it_cannot_train(digits_train) -> None:  # type: ignore[no-untyped-def]
+    clipped_mlp = models.mlp(64, 16, 10, clipped=True)  # refused before any training: no need for trained weights
     example = digits_train.images[:2]
     with pytest.raises(PassError, match="reconstruct needs training data"):
         rramc.compile(clipped_mlp, "rram_a", example, pipeline="canonicalize,reconstruct,quantize,tile,calibrate,emit")

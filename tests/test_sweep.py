@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 import rramc
 from rramc.cli import app
 from rramc.frontend import save_exported
+from rramc.ir import CrossbarOp
+from rramc.pipeline import parse_pipeline
 from rramc.samples import models
 from rramc.sweep import parse_axis
 from rramc.training import TrainConfig, train_classifier
@@ -35,6 +37,7 @@ def invoke(*args: str):  # type: ignore[no-untyped-def]
     return result
 
 
+@pytest.mark.slow
 def test_sweep_writes_table_json_and_plots(model_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     result = invoke("sweep", str(model_file), "-t", "rram_a", "-o", str(out), "--k", "2.5,20", "--adc-bits", "6,8",
@@ -75,6 +78,7 @@ def test_parse_axis_shortcuts() -> None:
     assert parse_axis("crossbar.dac_bits=4,null") == ("crossbar.dac_bits", [4, None])
 
 
+@pytest.mark.slow
 def test_compile_with_reconstruct_from_the_cli(model_file: Path, tmp_path: Path, digits_test) -> None:  # type: ignore[no-untyped-def]
     naive, rebuilt = tmp_path / "naive.rramx", tmp_path / "rebuilt.rramx"
     assert invoke("compile", str(model_file), "-t", "rram_a", "-o", str(naive)).exit_code == 0
@@ -83,10 +87,32 @@ def test_compile_with_reconstruct_from_the_cli(model_file: Path, tmp_path: Path,
     assert result.exit_code == 0, result.output
     assert "reconstruct for rram_a: epoch 4/4" in result.output
     exe = rramc.load_executable(rebuilt)
-    assert "reconstruct{epochs=4,optimizer=sgd,lr=0.05,batch_size=64,converters=true}" in exe.metadata["pipeline"]
+    names = [p.name for p in parse_pipeline(exe.metadata["pipeline"])]
+    assert names == ["canonicalize", "reconstruct", "quantize", "tile", "calibrate", "emit"]
+    (rec,) = [p for p in parse_pipeline(exe.metadata["pipeline"]) if p.name == "reconstruct"]
+    # the CLI's options reach the pass; its seed is the compile seed (--seed, 0 here), given or defaulted
+    assert (rec.epochs, rec.optimizer, rec.lr, rec.batch_size, rec.converters) == (4, "sgd", 0.05, 64, True)
+    assert (rec.levels, rec.variation) == (False, False) and rec.seed in (None, 0)
+    assert {n.op.trained_for.seed for n in exe.graph.nodes_of(CrossbarOp)} == {0}
     assert exe.run(digits_test).chip_accuracy > rramc.load_executable(naive).run(digits_test).chip_accuracy
     report = invoke("run", str(rebuilt))
     assert "device-aware (reconstructed for rram_a)" in report.output
+
+
+def test_the_compile_seed_reaches_reconstruct_from_the_cli(model_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "seeded.rramx"
+    result = invoke("compile", str(model_file), "-t", "rram_a", "-o", str(out), "--reconstruct", "--epochs", "0", "--seed", "5")
+    assert result.exit_code == 0, result.output
+    layers = rramc.load_executable(out).graph.nodes_of(CrossbarOp)
+    assert {n.op.trained_for.seed for n in layers} == {5} and {n.op.trained_for.epochs for n in layers} == {0}
+
+
+def test_the_named_reconstruct_pipeline_from_the_cli(model_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "named.rramx"
+    result = invoke("compile", str(model_file), "-t", "rram_a", "-o", str(out), "--pipeline", "reconstruct")
+    assert result.exit_code == 0, result.output
+    layers = rramc.load_executable(out).graph.nodes_of(CrossbarOp)
+    assert all(n.op.trained_for is not None and n.op.trained_for.target_name == "rram_a" for n in layers)
 
 
 def test_compile_reconstruct_bad_input(model_file: Path, tmp_path: Path, digits_train) -> None:  # type: ignore[no-untyped-def]
@@ -94,11 +120,14 @@ def test_compile_reconstruct_bad_input(model_file: Path, tmp_path: Path, digits_
     bare = tmp_path / "bare.pt2"
     save_exported(models.mlp(64, 10), digits_train.images[:1], bare)  # records no data set
     cases = [
-        ((str(bare), "--reconstruct"), "--reconstruct needs a training data set"),
+        # the bare archive records no data set: calibration (and with it --reconstruct's training) needs one
+        ((str(bare), "--reconstruct"), "pass --calibration DATASET"),
+        ((str(bare), "--reconstruct"), "--reconstruct --dataset DATASET to train on"),
         ((str(model_file), "--reconstruct", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path)), "fashion-mnist"),
         ((str(model_file), "--reconstruct", "--in-loop", "noise"), "--in-loop: unknown noise"),
         ((str(model_file), "--reconstruct", "--epochs", "-1"), "epochs=-1: must be at least 0"),
-        ((str(model_file), "--dataset", "digits"), "--dataset names the training data of --reconstruct"),
+        ((str(model_file), "--dataset", "digits"), "--dataset names the training data of --reconstruct (or of a pipeline with a "
+                                                   "reconstruct pass); to calibrate on a data set use --calibration"),
     ]
     for args, message in cases:
         result = invoke("compile", *args, "-t", "rram_a", "-o", str(out))

@@ -10,7 +10,7 @@ from rramc.errors import TilingError
 from rramc.frontend import import_module
 from rramc.hardware import load_target
 from rramc.ir import CrossbarOp
-from rramc.passes.tile import split_points
+from rramc.hardware.tiling import split_points
 from rramc.pipeline import CompileContext, PassManager, parse_pipeline
 
 

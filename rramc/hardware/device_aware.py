@@ -63,12 +63,13 @@ class DeviceAwareNetwork(nn.Module):
 
     def reinitialize(self, seed: int) -> None:
         """Fresh weights (PyTorch's default initialisation), for training from scratch."""
-        torch.manual_seed(seed)
-        for name, weight in self.weights.items():
-            nn.init.kaiming_uniform_(weight, a=5**0.5)
-            if name in self.biases:
-                bound = 1 / weight[0].numel() ** 0.5
-                nn.init.uniform_(self.biases[name], -bound, bound)
+        with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's random state
+            torch.manual_seed(seed)
+            for name, weight in self.weights.items():
+                nn.init.kaiming_uniform_(weight, a=5**0.5)
+                if name in self.biases:
+                    bound = 1 / weight[0].numel() ** 0.5
+                    nn.init.uniform_(self.biases[name], -bound, bound)
 
     def weighted(self, node: Node, x: Tensor) -> Tensor:
         """The training kernel: ``node`` mapped from its current weights, computed like the chip."""

@@ -280,6 +280,9 @@ def target_fields() -> dict[str, list[tuple[str, str]]]:
     sections["device (model: table)"] = [("file", "CSV: header 'voltage,<G1>,<G2>,...' [V, S], rows of currents [A]")]
     from rramc.hardware.column_solver import COLUMN_SOLVERS
 
-    for name, cls in COLUMN_SOLVERS:
-        sections[f"wires (model: {name})"] = field_docs(cls) or [("", "no fields")]
+    for name in COLUMN_SOLVERS.names():
+        try:  # one broken plugin must not hide the others
+            sections[f"wires (model: {name})"] = field_docs(COLUMN_SOLVERS.get(name)) or [("", "no fields")]
+        except TargetError as exc:
+            sections[f"wires (model: {name})"] = [("", f"cannot be loaded: {exc}")]
     return sections

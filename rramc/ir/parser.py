@@ -50,6 +50,7 @@ class _Cursor:
                 self.tokens.append((match.lastgroup or "", match.group(), pos))
             pos = match.end()
         self.index = 0
+        self.last = 0  # column of the token taken last: errors about it point there
 
     def error(self, problem: str, column: int | None = None) -> IRParseError:
         if column is None:
@@ -67,14 +68,19 @@ class _Cursor:
         if (kind is not None and got_kind != kind) or (text is not None and got_text != text) or got_kind == "end":
             wanted = repr(text) if text is not None else (kind or "a token")
             raise self.error(f"expected {wanted}, found {got_text!r}" if got_text else f"expected {wanted}, found the end of the line")
+        self.last = self.tokens[self.index][2]
         self.index += 1
         return got_text
 
     def accept(self, text: str) -> bool:
         if self.peek()[1] == text:
-            self.index += 1
+            self.take()
             return True
         return False
+
+    def at_last(self, problem: str) -> IRParseError:
+        """An error about the token just taken."""
+        return self.error(problem, self.last)
 
     def done(self) -> bool:
         return self.index >= len(self.tokens)
@@ -104,7 +110,7 @@ def _value(cur: _Cursor) -> Any:
             return math.nan
         if text in _DTYPES:
             return _tensor(cur, _DTYPES[text])
-        raise cur.error(f"unknown value {text!r}")
+        raise cur.at_last(f"unknown value {text!r}")
     if text == "(":
         cur.take()
         items = _sequence(cur, ")")
@@ -137,6 +143,7 @@ def _sequence(cur: _Cursor, close: str) -> list[Any]:
 
 
 def _tensor(cur: _Cursor, dtype: torch.dtype) -> torch.Tensor:
+    start = cur.last
     cur.take(text="[")
     shape = [int(s) for s in _sequence(cur, "]")]
     if cur.peek()[1] != "(":
@@ -146,7 +153,7 @@ def _tensor(cur: _Cursor, dtype: torch.dtype) -> torch.Tensor:
     values = _sequence(cur, ")")
     count = math.prod(shape)
     if len(values) != count:
-        raise cur.error(f"a tensor of shape {shape} needs {count} values, got {len(values)}")
+        raise cur.error(f"a tensor of shape {shape} needs {count} values, got {len(values)}", start)
     if dtype == torch.bool:
         return torch.tensor(values, dtype=torch.bool).reshape(shape)
     if dtype.is_floating_point:
@@ -156,38 +163,43 @@ def _tensor(cur: _Cursor, dtype: torch.dtype) -> torch.Tensor:
 
 def _attribute(cur: _Cursor) -> Any:
     kind = cur.take("attr")[1:]
+    start = cur.last
     cls = ATTRIBUTES.get(kind)
     if cls is None:
-        raise cur.error(f"unknown attribute #{kind}; known: {', '.join(sorted(ATTRIBUTES))}")
-    fields = _keywords(cur, "<", ">")
+        raise cur.at_last(f"unknown attribute #{kind}; known: {', '.join(sorted(ATTRIBUTES))}")
+    fields, columns = _keywords(cur, "<", ">")
     try:
-        return cls(**_typed(cls, fields, cur))
+        return cls(**_typed(cls, fields, cur, columns))
     except TypeError as exc:
-        raise cur.error(f"#{kind}: {exc}") from None
+        raise cur.error(f"#{kind}: {exc}", start) from None
 
 
-def _keywords(cur: _Cursor, open_: str, close: str) -> dict[str, Any]:
+def _keywords(cur: _Cursor, open_: str, close: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """``key=value`` pairs between ``open_`` and ``close``, and the column of every key."""
     cur.take(text=open_)
     values: dict[str, Any] = {}
+    columns: dict[str, int] = {}
     while not cur.accept(close):
         key = cur.take("name")
         if key in values:
-            raise cur.error(f"{key} is given twice")
+            raise cur.at_last(f"{key} is given twice")
+        columns[key] = cur.last
         cur.take(text="=")
         values[key] = _value(cur)
         if not cur.accept(","):
             cur.take(text=close)
             break
-    return values
+    return values, columns
 
 
-def _typed(cls: type, values: dict[str, Any], cur: _Cursor) -> dict[str, Any]:
+def _typed(cls: type, values: dict[str, Any], cur: _Cursor, columns: dict[str, int]) -> dict[str, Any]:
     """Field values converted to the dataclass's declared types where text is ambiguous (int vs float)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names, key=lambda k: columns[k])
     if unknown:
-        raise cur.error(f"{getattr(cls, 'kind', cls.__name__)} has no field(s) {', '.join(unknown)}; its fields: {', '.join(sorted(names))}")
+        raise cur.error(f"{getattr(cls, 'kind', cls.__name__)} has no field(s) {', '.join(unknown)}; its fields: "
+                        f"{', '.join(sorted(names))}", columns[unknown[0]])
     converted = {}
     for key, value in values.items():
         args = typing.get_args(hints[key])
@@ -210,8 +222,9 @@ def parse_graph(text: str) -> Graph:
     if lines[-1][1] != "}":
         raise IRParseError(f"IR text line {lines[-1][0]}: expected the closing '}}' of the graph")
     graph = Graph()
-    for line_no, line in lines[1:-1]:
-        _parse_node(graph, line, line_no)
+    raw = text.splitlines()
+    for line_no, _ in lines[1:-1]:
+        _parse_node(graph, raw[line_no - 1].rstrip(), line_no)  # columns count from the start of the file's line
     graph.verify(after_pass="parsing IR text")
     return graph
 
@@ -220,19 +233,21 @@ def _parse_node(graph: Graph, line: str, line_no: int) -> None:
     code, meta = _split_comment(line, line_no)
     cur = _Cursor(code, line_no)
     name = cur.take("value")[1:]
+    name_column = cur.last
     cur.take(text="=")
     kind = cur.take("name")
     cls = OPS.get(kind)
     if cls is None:
-        raise cur.error(f"unknown op '{kind}'; known: {', '.join(sorted(OPS))}")
+        raise cur.at_last(f"unknown op '{kind}'; known: {', '.join(sorted(OPS))}")
+    kind_column = cur.last
     cur.take(text="(")
-    operands: list[str] = []
+    operands: list[tuple[str, int]] = []  # (name, column)
     while not cur.accept(")"):
-        operands.append(cur.take("value")[1:])
+        operands.append((cur.take("value")[1:], cur.last))
         if not cur.accept(","):
             cur.take(text=")")
             break
-    attrs = _keywords(cur, "{", "}") if cur.peek()[1] == "{" else {}
+    attrs, columns = _keywords(cur, "{", "}") if cur.peek()[1] == "{" else ({}, {})
     cur.take(text=":")
     cur.take(text="[")
     if cur.take("name") != "N":
@@ -244,15 +259,15 @@ def _parse_node(graph: Graph, line: str, line_no: int) -> None:
     if not cur.done():
         raise cur.error("unexpected text after the shape")
     try:
-        op = cls(**_typed(cls, attrs, cur))
+        op = cls(**_typed(cls, attrs, cur, columns))
     except TypeError as exc:
-        raise cur.error(f"{kind}: {exc}") from None
+        raise cur.error(f"{kind}: {exc}", kind_column) from None
     if name in graph:
-        raise cur.error(f"%{name} is defined twice")
-    missing = [o for o in operands if o not in graph]
+        raise cur.error(f"%{name} is defined twice", name_column)
+    missing = [(o, column) for o, column in operands if o not in graph]
     if missing:
-        raise cur.error(f"%{name} uses {', '.join('%' + m for m in missing)} before it is defined")
-    added = graph.add(name, op, operands, shape=tuple(shape), meta=meta)
+        raise cur.error(f"%{name} uses {', '.join('%' + m for m, _ in missing)} before it is defined", missing[0][1])
+    added = graph.add(name, op, [o for o, _ in operands], shape=tuple(shape), meta=meta)
     assert added.name == name
 
 

@@ -61,11 +61,14 @@ class Executable:
         clipped = clips.worth_a_warning()
         if clipped and not self._warned_clipping:
             self._warned_clipping = True
-            worst = ", ".join(f"{layer}: {neg + over} of {total}" for layer, (neg, over, total) in list(clipped.items())[:3])
+            lost = []
+            for layer, (negative, over, total) in list(clipped.items())[:3]:
+                what = [f"{negative} negative values of a layer compiled for unsigned inputs"] if negative else []
+                what += [f"{over} values above its calibrated full scale"] if over else []
+                lost.append(f"layer {layer}: {' and '.join(what)} (of {total})")
             warnings.warn(ClippedInputWarning(
-                f"the chip clipped inputs outside the calibrated range ({worst}); negative inputs of a layer compiled for "
-                "unsigned inputs are lost. Declare the input range when compiling (input_range=(low, high)) or calibrate "
-                "on representative data."), stacklevel=2)
+                f"the chip clipped inputs: {'; '.join(lost)}. Declare the input range when compiling "
+                "(input_range=(low, high)) or calibrate on representative data."), stacklevel=2)
         return out
 
     def reference(self, x: Tensor) -> Tensor:

@@ -47,8 +47,8 @@ def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
         return {"tuple": [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]}
     if isinstance(value, Attribute):
         return {"attribute": value.kind, "fields": {k: _encode(v, f"{key}.{k}", tensors) for k, v in value.fields().items()}}
-    if isinstance(value, dict):
-        return {"dict": {str(k): _encode(v, f"{key}.{k}", tensors) for k, v in value.items()}}
+    if isinstance(value, dict):  # as pairs: the manifest's JSON sorts object keys, a dict keeps its order
+        return {"dict": [[str(k), _encode(v, f"{key}.{k}", tensors)] for k, v in value.items()]}
     if isinstance(value, list):
         return {"list": [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]}
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -64,7 +64,8 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(value, dict) and "list" in value:
         return [_decode(v, tensors) for v in value["list"]]
     if isinstance(value, dict) and "dict" in value:
-        return {k: _decode(v, tensors) for k, v in value["dict"].items()}
+        pairs = value["dict"]
+        return {k: _decode(v, tensors) for k, v in (pairs.items() if isinstance(pairs, dict) else pairs)}
     if isinstance(value, dict) and "attribute" in value:
         cls = ATTRIBUTES.get(value["attribute"])
         if cls is None:
@@ -83,7 +84,7 @@ def _migrate_v1(entry: dict[str, Any], target: dict[str, Any]) -> None:
     record = meta.pop("reconstructed", None)
     if record is not None:
         attrs["trained_for"] = {"attribute": "device_training", "fields": {
-            "target": {"dict": target}, "granularity": "column", "epochs": int(record.get("epochs", 0)),
+            "target": {"dict": list(target.items())}, "granularity": "column", "epochs": int(record.get("epochs", 0)),
             "init": record.get("init", "finetune"), "seed": int(record.get("seed", 0)),
             "in_loop": {"tuple": list(record.get("in_loop", []))}, "train_accuracy": record.get("train_accuracy")}}
     meta.pop("input_scale", None)
@@ -178,7 +179,7 @@ def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]
     try:
         for entry in manifest["nodes"]:
             if version < 2:
-                _migrate_v1(entry, manifest["target"])
+                _migrate_v1(entry, target.to_mapping())
             cls = OPS.get(entry["kind"])
             if cls is None:
                 raise refuse(f"node %{entry['name']} uses op '{entry['kind']}', which this rramc does not know "
