@@ -8,10 +8,13 @@ summed over the rows: one matmul of the word lines' ``φ`` with the cells' ``ψ`
 * Any other device is factorised by a truncated SVD of ``f`` sampled on the voltages the chip
   applies (the DAC's codes, or a fine grid for an ideal DAC) × a fine grid of conductances over
   the programmable window. The rank is the smallest whose worst deviation from ``f`` stays below
-  a tolerance that follows the converters: far below one ADC step (an error there changes no
-  output), and 1e-7 of the full-scale cell current when the ADC is ideal. ``φ`` and ``ψ`` are
-  tabulated on uniform grids and interpolated linearly, so they are cheap and differentiable;
-  the measured error includes that interpolation.
+  a tolerance that follows the converters: 1/64 of one ADC step (an ADC code changes only where
+  the exact current lies that close to a rounding boundary), and 1e-7 of the full-scale cell
+  current when the ADC is ideal. ``φ`` and ``ψ`` are tabulated on uniform grids and interpolated
+  linearly, so they are cheap and differentiable; the measured error includes that
+  interpolation, on every voltage that can occur. When no rank reaches the tolerance (the
+  interpolation's own error floor, a tabulated device's kinks between grid voltages) the most
+  accurate one is used and its error reported as above the tolerance.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ IDEAL_TOLERANCE = 1e-7
 """Worst deviation allowed (relative to the full-scale cell current) when the ADC is ideal."""
 
 MAX_TERMS = 16
+SINGULAR_CUTOFF = 1e-12  # terms whose singular value is below this fraction of the first carry only rounding noise
+VARIANCE_TOLERANCE = 1e-5  # read noise's variance (f²) needs no more: the noise's std is then off by 5e-6 of itself
 VOLTAGE_GRID = 2049  # points over [0, v_max] when the DAC is ideal (8193 for tolerances below 1e-6)
 CONDUCTANCE_GRID = 16384  # points of ψ's table (uniform in log G) across the window; more beyond it
 CONDUCTANCE_SPAN = (1e-2, 4.0)  # ψ's table runs from g_min·1e-2 to g_max·4; linear to 0 below, extrapolated above
@@ -37,7 +42,7 @@ FIT_CONDUCTANCES = 513  # points over the window [g_min, g_max] the factorisatio
 
 
 def tolerance_for(adc_bits: int | None) -> float:
-    """The expansion error that no ADC output notices: 1/64 of one step of a ``adc_bits`` signed ADC
+    """The expansion error allowed under a ``adc_bits`` signed ADC: 1/64 of one of its steps
     (relative to a full-scale cell current), or :data:`IDEAL_TOLERANCE` without an ADC."""
     if adc_bits is None:
         return IDEAL_TOLERANCE
@@ -148,34 +153,44 @@ def low_rank(fn: Callable[[Tensor, Tensor], Tensor], voltages: Tensor, g_min: fl
     sampled = fn(fit_v[:, None], fit_g[None, :])  # [fit voltages, fit conductances]
     scale = float(fn(torch.tensor(v_max, dtype=torch.float64), torch.tensor(g_max, dtype=torch.float64)).abs())
     scale = scale or float(sampled.abs().max()) or 1.0
-    basis, _, _ = torch.linalg.svd(sampled / scale, full_matrices=False)
+    basis, singular, right = torch.linalg.svd(sampled / scale, full_matrices=False)
+    usable = int((singular > singular[0] * SINGULAR_CUTOFF).sum())
     table_g = LogTable.grid(g_min, g_max)
     on_table = fn(fit_v[:, None], table_g[None, :]).T  # [table conductances, fit voltages]
-    on_voltages = None if discrete else fn(voltages[:, None], fit_g[None, :])  # [voltages, fit conductances]
+    on_voltages = None if discrete else fn(voltages[:, None], fit_g[None, :]) / scale  # [voltages, fit conductances]
     step = float(voltages[1] - voltages[0])
-    nodes = voltages if discrete else voltages[::4]
-    check_v = nodes if discrete else torch.cat([nodes, (nodes[:-1] + step / 2)])
+    check_v = voltages if discrete else torch.cat([voltages, voltages[:-1] + step / 2])  # nodes and every midpoint
     check_g = torch.cat([torch.linspace(g_min, g_max, FIT_CONDUCTANCES, dtype=torch.float64),
                          torch.logspace(math.log10(max(g_min, g_max * 1e-6)), math.log10(g_max), 257, dtype=torch.float64)])
-    exact = fn(check_v[:, None], check_g[None, :])
     best: Expansion | None = None
-    for terms in range(1, min(MAX_TERMS, basis.shape[1]) + 1):
+    for terms in range(1, min(MAX_TERMS, usable) + 1):
         u = basis[:, :terms]
         # ψ_k(G) = Σ_v u_k(v)·f(v, G): the projection of f(·, G) on the voltage basis, tabulated in G
         conductance = LogTable(table_g, on_table @ u)
         if discrete:
             phi = u
-        else:  # the least-squares φ(v) for these ψ, at every voltage of the fine grid
-            psi = sampled.T @ u  # [fit conductances, terms]
-            phi = torch.linalg.lstsq(psi, on_voltages.T).solution.T  # type: ignore[union-attr]
+        else:  # φ(v) that reproduces f(v, ·) on the fit conductances with these ψ: f(v, G)·V_k/σ_k
+            phi = on_voltages @ (right[:terms].T / singular[:terms])  # type: ignore[operator]
         voltage = UniformTable(0.0, v_max, phi)
-        approx = (voltage(check_v[:, None]) * conductance(check_g[None, :])).sum(-1)
-        error = float((approx - exact).abs().max()) / scale
-        best = Expansion(terms, voltage, conductance, v_max, error, tolerance, f"rank-{terms} factorisation ({description})")
+        error = _worst_error(fn, voltage, conductance, check_v, check_g) / scale
+        candidate = Expansion(terms, voltage, conductance, v_max, error, tolerance, f"rank-{terms} factorisation ({description})")
+        if best is None or error < best.max_error:
+            best = candidate
         if error <= tolerance:
             break
     assert best is not None
     return best
+
+
+def _worst_error(fn: Callable[[Tensor, Tensor], Tensor], voltage: UniformTable, conductance: LogTable, check_v: Tensor,
+                 check_g: Tensor) -> float:
+    """The largest ``|Σ_k φ_k(v)·ψ_k(g) - f(v, g)|`` over the grid, in chunks of voltages (memory stays small)."""
+    psi = conductance(check_g)  # [conductances, terms]
+    worst = 0.0
+    for chunk in torch.split(check_v, 1024):
+        approx = voltage(chunk) @ psi.T
+        worst = max(worst, float((approx - fn(chunk[:, None], check_g[None, :])).abs().max()))
+    return worst
 
 
 @functools.lru_cache(maxsize=64)
@@ -200,6 +215,7 @@ def device_expansion(device: DeviceModel, read_voltage: float, g_min: float, g_m
         where = f"{points} voltages up to {read_voltage:g} V"
     fn = (lambda v, g: device.current(v, g) ** 2) if squared else device.current
     what = "f²" if squared else "f"
+    tolerance = max(tolerance, VARIANCE_TOLERANCE) if squared else tolerance
     return low_rank(fn, voltages, g_min, g_max, tolerance, f"of {what} on {where} × {FIT_CONDUCTANCES} conductances",
                     discrete=discrete)
 
