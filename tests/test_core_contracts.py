@@ -247,7 +247,7 @@ class BruteForceWires(ColumnSolver):
         return cells
 
     def read(self, cells: Conductances, read: Read, generator: torch.Generator | None) -> torch.Tensor:
-        voltages = read.applied()
+        voltages = read.voltages
         lowering = cells.lowering
         vectors = lowering.vectors(voltages)  # [vectors, word lines]
         blocks = []
@@ -282,7 +282,7 @@ class BitSerial(InputEncoding):
         steps = (1 << bits) - 1
         codes = torch.round(x.detach().clamp(0.0, 1.0) * steps).long()
         vread = torch.tensor([0.0, self.target.crossbar.read_voltage], dtype=x.dtype, device=x.device)
-        return [Read((1 << b) / steps, codes=(codes >> b) & 1, code_voltages=vread) for b in range(bits)]
+        return [Read((1 << b) / steps, ((codes >> b) & 1).to(x.dtype) * vread[1], vread) for b in range(bits)]
 
     def clipped(self, x: torch.Tensor, dac_bits: int | None) -> torch.Tensor:
         return (x > 1.0).sum()
@@ -535,7 +535,7 @@ class PerCellWires(ColumnSolver):
         return cells
 
     def read(self, cells, read, generator):
-        v = read.applied()
+        v = read.voltages
         vectors = cells.lowering.vectors(v)[:, :, None]
         blocks = []
         for a, b in cells.grid.row_blocks:

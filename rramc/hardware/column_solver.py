@@ -105,8 +105,8 @@ class _Matrices:
     linear: Tensor | None  # [blocks, height·terms, outputs], rows of word line i at i·terms + k, zero-padded
     height: int  # rows (word lines × terms) per block, every block padded up to it
     index: Tensor | None  # [blocks, height] drive row of every slot (inputs·terms: a zero) when blocks are uneven
-    conv: Tensor | None  # [blocks·outputs, channels per block·terms, kh, kw]
-    conv_channels: Tensor | None  # [blocks·channels per block] input channel of every slot (C: zero)
+    conv: list[Tensor] | None  # per row block: [outputs, its channels·terms, kh, kw], taps of other blocks zero
+    conv_channels: list[tuple[int, int]] | None  # per row block: its input channels (first, last + 1)
     tables: dict[tuple[torch.dtype, torch.device, int], Tensor] = dataclasses.field(default_factory=dict)
 
 
@@ -141,7 +141,7 @@ class IdealWires(ColumnSolver):
 
     def read(self, state: _IdealState, read: Read, generator: torch.Generator | None) -> Tensor:
         cells = state.cells
-        if read.codes is None and read.voltages is not None and not state.current.expansion.covers(read.voltages):
+        if read.levels is None and not state.current.expansion.covers(read.voltages):
             return _per_cell(cells, read.voltages, generator)
         current = _matmul(state.current, cells, read)
         if state.variance is not None:
@@ -183,33 +183,30 @@ def _matrices(cells: Conductances, expansion: Expansion, *, subtract: bool) -> _
     channels = n_in // taps
     full = cell.reshape(channels, kh, kw, outputs, terms).permute(3, 0, 4, 1, 2)  # [outputs, C, terms, kh, kw]
     if grid.uniform:
-        return _Matrices(expansion, None, 0, None, full.reshape(outputs, channels * terms, kh, kw), None)
-    spans = [(a // taps, (b - 1) // taps) for a, b in grid.row_blocks]
-    width = max(c1 - c0 + 1 for c0, c1 in spans)
-    weights, slots = [], []
+        return _Matrices(expansion, None, 0, None, [full.reshape(outputs, channels * terms, kh, kw).contiguous()], [(0, channels)])
+    # A row block covers consecutive (channel, tap) rows: its convolution reads the channels it
+    # touches, with the taps of its neighbours' rows zeroed (at most one channel shared per edge).
+    weights, spans = [], []
     row = torch.arange(n_in, device=cell.device).reshape(channels, 1, kh, kw)
-    for (a, b), (c0, c1) in zip(grid.row_blocks, spans):
-        inside = ((row >= a) & (row < b)).to(cell.dtype)[c0 : c1 + 1]  # [channels in block, 1, kh, kw]
-        block = full[:, c0 : c1 + 1] * inside
-        pad = width - (c1 - c0 + 1)
-        if pad:
-            block = torch.cat([block, block.new_zeros(outputs, pad, terms, kh, kw)], dim=1)
-        weights.append(block.reshape(outputs, width * terms, kh, kw))
-        slots.append(torch.tensor(list(range(c0, c1 + 1)) + [channels] * pad, device=cell.device))
-    return _Matrices(expansion, None, 0, None, torch.cat(weights), torch.cat(slots))
+    for a, b in grid.row_blocks:
+        c0, c1 = a // taps, (b - 1) // taps + 1
+        inside = ((row >= a) & (row < b)).to(cell.dtype)[c0:c1]  # [channels of the block, 1, kh, kw]
+        weights.append((full[:, c0:c1] * inside).reshape(outputs, (c1 - c0) * terms, kh, kw).contiguous())
+        spans.append((c0, c1))
+    return _Matrices(expansion, None, 0, None, weights, spans)
 
 
 def _drive(matrices: _Matrices, read: Read) -> Tensor:
-    """``φ(V)`` of every word-line voltage: ``[..., terms]``; tabulated per DAC code when codes are given."""
+    """``φ(V)`` of every word-line voltage: ``[..., terms]``; looked up per DAC level when the
+    voltages come from a DAC and the device needs a factorisation (a separable device's ``g(V)``
+    is cheaper to compute than to look up)."""
     expansion = matrices.expansion
-    if read.codes is not None:
-        assert read.code_voltages is not None
-        key = (read.code_voltages.dtype, read.code_voltages.device, read.code_voltages.numel())
+    if read.levels is not None and not expansion.exact:
+        key = (read.levels.dtype, read.levels.device, read.levels.numel())
         table = matrices.tables.get(key)
         if table is None:
-            table = matrices.tables[key] = expansion.voltage(read.code_voltages)
-        return table[read.codes]
-    assert read.voltages is not None
+            table = matrices.tables[key] = expansion.voltage(read.levels)
+        return table[read.codes()]
     return expansion.voltage(read.voltages)
 
 
@@ -225,23 +222,26 @@ def _matmul(matrices: _Matrices, cells: Conductances, read: Read) -> Tensor:
         if matrices.index is not None:  # uneven blocks: gather each block's rows
             padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
             return torch.bmm(padded[:, matrices.index].transpose(0, 1), matrices.linear)
-        # Row blocks are consecutive slices of the drive: pad it to whole blocks and view it as
-        # [blocks, batch, height] — one batched matmul, no gathering.
-        padding = blocks * matrices.height - flat.shape[1]
-        if padding:
-            flat = torch.cat([flat, flat.new_zeros(flat.shape[0], padding)], dim=1)
-        return torch.bmm(flat.reshape(flat.shape[0], blocks, matrices.height).transpose(0, 1), matrices.linear)
+        height = matrices.height
+        if flat.requires_grad or matrices.linear.requires_grad:
+            # pad to whole blocks and view as [blocks, batch, height]: one batched matmul
+            padding = blocks * height - flat.shape[1]
+            if padding:
+                flat = torch.cat([flat, flat.new_zeros(flat.shape[0], padding)], dim=1)
+            return torch.bmm(flat.reshape(flat.shape[0], blocks, height).transpose(0, 1), matrices.linear)
+        # Inference: each block's rows are a slice of the drive; a matmul per block into one buffer.
+        out = flat.new_empty(blocks, flat.shape[0], matrices.linear.shape[2])
+        for block in range(blocks):
+            rows = flat[:, block * height : (block + 1) * height]
+            torch.mm(rows, matrices.linear[block, : rows.shape[1]], out=out[block])
+        return out
     _, stride, padding, dilation = cells.lowering.conv
     batch, channels, h, w = phi.shape[:4]
     drive = phi.permute(0, 1, 4, 2, 3).reshape(batch, channels * terms, h, w) if terms > 1 else phi[..., 0]
-    assert matrices.conv is not None
-    if matrices.conv_channels is None:
-        return F.conv2d(drive, matrices.conv, None, stride, padding, dilation)[:, None]
-    padded = torch.cat([drive.reshape(batch, channels, terms, h, w), drive.new_zeros(batch, 1, terms, h, w)], dim=1)
-    gathered = padded[:, matrices.conv_channels].reshape(batch, -1, h, w)
-    blocks = len(cells.grid.row_blocks)
-    out = F.conv2d(gathered, matrices.conv, None, stride, padding, dilation, groups=blocks)
-    return out.reshape(batch, blocks, -1, *out.shape[2:])
+    assert matrices.conv is not None and matrices.conv_channels is not None
+    results = [F.conv2d(drive[:, c0 * terms : c1 * terms], weight, None, stride, padding, dilation)
+               for (c0, c1), weight in zip(matrices.conv_channels, matrices.conv)]
+    return results[0][:, None] if len(results) == 1 else torch.stack(results, dim=1)
 
 
 def _per_cell(cells: Conductances, voltages: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -295,7 +295,7 @@ def column_currents(
     cells = Conductances(g_pos, g_neg, grid, Lowering(), device, read_voltage or float(voltages.max()) or 1.0, window, None,
                          IDEAL_TOLERANCE, read_noise_sigma)
     solver = solver or IdealWires()
-    return solver.read(solver.prepare(cells), Read(1.0, voltages=voltages), generator)
+    return solver.read(solver.prepare(cells), Read(1.0, voltages), generator)
 
 
 COLUMN_SOLVERS: Registry[type[ColumnSolver]] = Registry(

@@ -72,6 +72,8 @@ def sinh_b_from_k(k: float, voltage: float) -> float:
 
 def v_sinhc(v: Tensor, b: Tensor | float) -> Tensor:
     """``sinh(b·v)/b``, equal to ``v`` at ``b = 0`` and smooth (with gradients) through it."""
+    if not isinstance(b, Tensor):  # one coefficient: sinh of a small argument is accurate, only b = 0 needs care
+        return v.clone() if b == 0 else torch.sinh(v * b).mul_(1.0 / b)
     z = v * b
     small = z.abs() < 1e-4
     safe_z = torch.where(small, torch.ones_like(z), z)

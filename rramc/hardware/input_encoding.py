@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from rramc.errors import TargetError
-from rramc.hardware.converters import dac, dac_codes, dac_steps
+from rramc.hardware.converters import dac, dac_steps
 from rramc.hardware.target import Target
 from rramc.registry import Registry
 
@@ -27,22 +27,20 @@ from rramc.registry import Registry
 class Read:
     """One read of the arrays: word-line voltages and the digital weight of its ADC output.
 
-    Give the voltages either as ``voltages`` (shaped like the layer input, [V]) or as DAC
-    ``codes`` (integers, same shape) with the voltage of every code in ``code_voltages``;
-    codes let the column solver tabulate what it needs per code instead of per input.
+    ``voltages`` [V] are shaped like the layer's input. ``levels``, when given, are every voltage
+    that can occur (ascending, evenly spaced from 0 V: a DAC's outputs), so a column solver may
+    tabulate what it needs per level instead of computing it per input.
     """
 
     weight: float
-    voltages: Tensor | None = None
-    codes: Tensor | None = None
-    code_voltages: Tensor | None = None
+    voltages: Tensor
+    levels: Tensor | None = None
 
-    def applied(self) -> Tensor:
-        """The word-line voltages [V], whichever way they were given."""
-        if self.voltages is not None:
-            return self.voltages
-        assert self.codes is not None and self.code_voltages is not None
-        return self.code_voltages.to(self.codes.device)[self.codes]
+    def codes(self) -> Tensor:
+        """The index of every voltage among ``levels``."""
+        assert self.levels is not None
+        step = float(self.levels[1] - self.levels[0]) if len(self.levels) > 1 else 1.0
+        return (self.voltages * (1.0 / step)).round_().long()
 
 
 class InputEncoding(ABC):
@@ -64,7 +62,7 @@ class InputEncoding(ABC):
         c, device = self.target.conductance, self.target.device
         total = 0.0
         for read in self.reads(torch.ones(1, dtype=torch.float64), dac_bits):
-            v = read.applied().to(torch.float64)
+            v = read.voltages.to(torch.float64)
             hi = device.current(v, torch.tensor(c.g_max, dtype=torch.float64))
             lo = device.current(v, torch.tensor(c.g_min, dtype=torch.float64))
             total += read.weight * float(((hi - lo) / (c.g_max - c.g_min)).sum())
@@ -93,8 +91,8 @@ class Amplitude(InputEncoding):
             if key not in self._levels:
                 steps = dac_steps(dac_bits)
                 self._levels[key] = torch.arange(steps + 1, dtype=x.dtype, device=x.device) * (vread / steps)
-            return [Read(1.0, codes=dac_codes(x, dac_bits), code_voltages=self._levels[key])]
-        return [Read(1.0, voltages=dac(x, dac_bits) * vread)]
+            return [Read(1.0, dac(x, dac_bits).mul_(vread), self._levels[key])]
+        return [Read(1.0, dac(x, dac_bits) * vread)]
 
 
 INPUT_ENCODINGS: Registry[type[InputEncoding]] = Registry(

@@ -218,15 +218,11 @@ class CrossbarLayer:
         codes_per_ampere, per_code, offset = self._readout_factors
         dim, steps = self.lowering.block_dim, adc_steps(self.op.adc_bits)  # type: ignore[arg-type]
         total = offset
-        for weight, current in phases:
-            codes = (current * codes_per_ampere).clamp_(-steps, steps).round_()
+        for weight, current in phases:  # the currents are this call's own: converted in place
+            codes = current.mul_(codes_per_ampere).clamp_(-steps, steps).round_()
             factor = per_code if weight == 1.0 else per_code * weight
-            if codes.shape[dim] == 1:
-                part, scale = codes.select(dim, 0), factor.select(dim, 0)
-                total = part.mul_(scale) if total is None else torch.addcmul(total, part, scale)
-            else:
-                part = codes.mul_(factor).sum(dim)
-                total = part if total is None else part.add_(total)
+            part = codes.select(dim, 0).mul_(factor.select(dim, 0)) if codes.shape[dim] == 1 else codes.mul_(factor).sum(dim)
+            total = part if total is None else part.add_(total)
         assert total is not None
         return total
 
