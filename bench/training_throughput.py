@@ -76,8 +76,10 @@ def main() -> None:
         data = Dataset("random", "train", images, labels, 10)
         torch.manual_seed(0)
         model = factory().eval()
+        epoch_seconds(copy.deepcopy(model), data.take(256), args.batch)  # warm-up: thread pools, allocator
         for name in args.targets.split(","):
             target = rramc.load_target(name)
+            epoch_seconds(device_aware(copy.deepcopy(model), shape, target, data), data.take(256), args.batch)
             float_times, device_times = [], []
             for _ in range(args.repeats):
                 float_times.append(epoch_seconds(copy.deepcopy(model), data, args.batch))

@@ -44,7 +44,7 @@ class Conductances:
     resolution (``dac_bits``: which voltages occur), the ``tolerance`` the computed currents
     need (relative to a full-scale cell current; it follows the ADC) and the read noise.
 
-    ``terms``, when given, are the cell pairs' ``ψ(G⁺) - ψ(G⁻)`` ``[inputs, outputs, terms]`` of the
+    ``terms``, when given, are the cell pairs' ``ψ(G⁺) - ψ(G⁻)`` ``[terms, outputs, inputs]`` of the
     device's expansion at this ``dac_bits``/``tolerance``, computed straight from the weights
     (training's fast path; ``g_pos``/``g_neg`` are then empty): only a solver with
     ``accepts_terms`` may be given such cells.
@@ -107,6 +107,7 @@ class _Matrices:
     index: Tensor | None  # [blocks, height] drive row of every slot (inputs·terms: a zero) when blocks are uneven
     conv: list[Tensor] | None  # per row block: [outputs, its channels·terms, kh, kw], taps of other blocks zero
     conv_channels: list[tuple[int, int]] | None  # per row block: its input channels (first, last + 1)
+    per_term: Tensor | None = None  # [terms, outputs, inputs] of a one-block linear layer given by its terms (training)
     tables: dict[tuple[torch.dtype, torch.device, int], Tensor] = dataclasses.field(default_factory=dict)
 
 
@@ -142,6 +143,9 @@ class IdealWires(ColumnSolver):
     def read(self, state: _IdealState, read: Read, generator: torch.Generator | None) -> Tensor:
         cells = state.cells
         if read.levels is None and not state.current.expansion.covers(read.voltages):
+            if cells.terms is not None:
+                raise ValueError(f"voltages up to {float(read.voltages.max()):.3g} V: cells given by their expansion terms "
+                                 f"hold up to {state.current.expansion.v_max:g} V only")
             return _per_cell(cells, read.voltages, generator)
         current = _matmul(state.current, cells, read)
         if state.variance is not None:
@@ -158,30 +162,36 @@ class IdealWires(ColumnSolver):
 
 def _matrices(cells: Conductances, expansion: Expansion, *, subtract: bool) -> _Matrices:
     """``ψ(G⁺) ∓ ψ(G⁻)`` of every cell pair, arranged for the layer's matmuls (linear) or convolutions."""
+    grid = cells.grid
     if cells.terms is not None and subtract:
-        cell = cells.terms
+        if cells.lowering.conv is None and grid.uniform:  # kept in the weights' layout: a matmul per term, no copy
+            return _Matrices(expansion, None, 0, None, None, None, per_term=cells.terms)
+        cell = cells.terms.transpose(1, 2)
     else:
         pos, neg = expansion.conductance(cells.g_pos), expansion.conductance(cells.g_neg)  # [inputs, outputs, terms]
-        cell = pos - neg if subtract else pos + neg
-    n_in, outputs, terms = cell.shape
-    grid = cells.grid
+        cell = (pos - neg if subtract else pos + neg).movedim(-1, 0)
+    terms, n_in, outputs = cell.shape  # term-major: the matrix row of word line i, term k is k·inputs + i
     if cells.lowering.conv is None:
-        virtual = cell.permute(0, 2, 1).reshape(n_in * terms, outputs)  # row i, term k → i·terms + k
+        virtual = cell.reshape(terms * n_in, outputs)
+        if grid.uniform:
+            return _Matrices(expansion, virtual[None], terms * n_in, None, None, None)
         heights = [b - a for a, b in grid.row_blocks]
-        height = max(heights) * terms
-        if all(h == heights[0] for h in heights[:-1]):  # consecutive slices: the last one padded
-            padding = height * len(heights) - n_in * terms
+        if terms == 1 and all(h == heights[0] for h in heights[:-1]):  # consecutive slices: the last one padded
+            height = heights[0]
+            padding = height * len(heights) - n_in
             stacked = torch.cat([virtual, virtual.new_zeros(padding, outputs)]) if padding else virtual
             return _Matrices(expansion, stacked.reshape(len(heights), height, outputs), height, None, None, None)
-        index = torch.full((len(heights), height), n_in * terms, dtype=torch.long, device=virtual.device)
+        height = max(heights) * terms
+        index = torch.full((len(heights), height), terms * n_in, dtype=torch.long, device=virtual.device)
         for block, (a, b) in enumerate(grid.row_blocks):
-            index[block, : (b - a) * terms] = torch.arange(a * terms, b * terms, device=virtual.device)
+            rows = torch.arange(a, b, device=virtual.device)
+            index[block, : (b - a) * terms] = (torch.arange(terms, device=virtual.device)[:, None] * n_in + rows).reshape(-1)
         padded = torch.cat([virtual, virtual.new_zeros(1, outputs)])
         return _Matrices(expansion, padded[index], height, index, None, None)
     (kh, kw), *_ = cells.lowering.conv
     taps = kh * kw
     channels = n_in // taps
-    full = cell.reshape(channels, kh, kw, outputs, terms).permute(3, 0, 4, 1, 2)  # [outputs, C, terms, kh, kw]
+    full = cell.reshape(terms, channels, kh, kw, outputs).permute(4, 1, 0, 2, 3)  # [outputs, C, terms, kh, kw]
     if grid.uniform:
         return _Matrices(expansion, None, 0, None, [full.reshape(outputs, channels * terms, kh, kw).contiguous()], [(0, channels)])
     # A row block covers consecutive (channel, tap) rows: its convolution reads the channels it
@@ -213,8 +223,13 @@ def _drive(matrices: _Matrices, read: Read) -> Tensor:
 def _matmul(matrices: _Matrices, cells: Conductances, read: Read) -> Tensor:
     phi = _drive(matrices, read)
     terms = phi.shape[-1]
+    if matrices.per_term is not None:
+        out = F.linear(phi[..., 0], matrices.per_term[0])
+        for k in range(1, phi.shape[-1]):
+            out = torch.addmm(out, phi[..., k], matrices.per_term[k].T)
+        return out[None]
     if cells.lowering.conv is None:
-        flat = phi.reshape(phi.shape[0], -1)  # [batch, inputs·terms], row i term k at i·terms + k
+        flat = phi.transpose(1, 2).reshape(phi.shape[0], -1)  # [batch, terms·inputs], term k of input i at k·inputs + i
         assert matrices.linear is not None
         blocks = matrices.linear.shape[0]
         if blocks == 1:

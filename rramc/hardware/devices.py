@@ -133,6 +133,9 @@ class SinhDevice(DeviceModel):
     def current(self, v: Tensor, g: Tensor | float) -> Tensor:
         return g * v_sinhc(v, self.b_per_volt)
 
+    def unit_current(self, v: Tensor) -> Tensor:
+        return v_sinhc(v, self.b_per_volt)
+
 
 @dataclass(frozen=True)
 class StateDependentSinhDevice(DeviceModel):

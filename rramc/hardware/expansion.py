@@ -62,15 +62,65 @@ class UniformTable:
         self.slopes = torch.cat([values[1:] - values[:-1], (values[-1] - values[-2])[None]])
         self._cast: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def _tables(self, x: Tensor) -> tuple[Tensor, Tensor]:
         key = (x.dtype, x.device)
         if key not in self._cast:
             self._cast[key] = (self.values.to(dtype=x.dtype, device=x.device), self.slopes.to(dtype=x.dtype, device=x.device))
-        values, slopes = self._cast[key]
+        return self._cast[key]
+
+    def _rows(self, x: Tensor) -> Tensor:
+        """``[n, 2·terms]``: each node's values and slopes in one row, read with one gather."""
+        key = ("rows", x.dtype, x.device)
+        if key not in self._cast:
+            values, slopes = self._tables(x)
+            self._cast[key] = (torch.cat([values, slopes], dim=1).contiguous(), values)
+        return self._cast[key][0]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        rows = self._rows(x)
+        terms = rows.shape[1] // 2
         u = (x - self.x0) * (1.0 / self.step)
-        i = u.detach().floor().clamp_(0, self.n - 2).long()
-        t = (u - i)[..., None]
-        return values[i] + t * slopes[i]
+        i = u.detach().floor().clamp_(0, self.n - 2).int()
+        gathered = torch.nn.functional.embedding(i, rows)
+        return torch.addcmul(gathered[..., :terms], gathered[..., terms:], (u - i)[..., None])
+
+    def terms_first(self, x: Tensor) -> Tensor:
+        """The table read at every ``x`` within the grid, laid out ``[terms, *x.shape]``.
+
+        The same values as ``__call__`` (moved to the front), computed with as few passes over
+        ``x`` as possible: training reads it on every weight at every step.
+        """
+        return _TermsFirst.apply(x, self._rows(x), self.x0, 1.0 / self.step)
+
+
+class _TermsFirst(torch.autograd.Function):
+    """Linear interpolation in a uniform table whose rows hold each node's values and slopes
+    ``[n, 2·terms]``; output ``[terms, *x.shape]``; the gradient in ``x`` is the segment's slope.
+    ``x`` must lie in the table's range."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, rows: Tensor, x0: float,
+                inverse_step: float) -> Tensor:  # type: ignore[override]
+        terms = rows.shape[1] // 2
+        u = x.sub(x0).mul_(inverse_step).clamp_(0.0, rows.shape[0] - 1)
+        i = u.int().clamp_(max=rows.shape[0] - 2)
+        fraction = u.sub_(i)
+        gathered = torch.nn.functional.embedding(i, rows)  # [*x.shape, 2·terms]
+        out = x.new_empty(terms, *x.shape)
+        for k in range(terms):
+            torch.addcmul(gathered[..., k], gathered[..., terms + k], fraction, out=out[k])
+        ctx.save_for_backward(gathered)
+        ctx.inverse_step = inverse_step  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        (gathered,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        terms = gathered.shape[-1] // 2
+        total = grad[0] * gathered[..., terms]
+        for k in range(1, terms):
+            total.addcmul_(grad[k], gathered[..., terms + k])
+        return total.mul_(ctx.inverse_step), None, None, None  # type: ignore[attr-defined]
 
 
 class LogTable:

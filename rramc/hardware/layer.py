@@ -87,6 +87,7 @@ class CrossbarLayer:
     inputs: InputEncoding
     state: Any
     adc_range: Tensor | None = None  # [row blocks, outputs]
+    clip_inputs: bool = False  # apply at most full scale even without a DAC (the device-aware model: see mapped_layer)
     _readout_factors: tuple[Tensor, Tensor, Tensor | None] | None = None  # see calibrated()
 
     @property
@@ -164,6 +165,8 @@ class CrossbarLayer:
                observers: Sequence[Observer] = ()) -> list[Phase]:
         """Tile column currents of every read, before the ADC, for inputs ``x`` applied at ``scale``."""
         u = x * (1.0 / scale)
+        if self.clip_inputs:
+            u = u.clamp(-1.0, 1.0)
         signed = self.op.input_range.signed if self.op.input_range is not None else False
         parts = [(1.0, torch.relu(u))]
         if signed:
@@ -261,7 +264,9 @@ def mapped_layer(
 
     The device-aware model of a layer: ``plan``'s encodings and mapping, the full-scale gain,
     and, when asked, its conductance levels, its tiles with their DAC and ADC (ADC ranges
-    ``adc_range`` per tile), and the target's programming variation and faults.
+    ``adc_range`` per tile), and the target's programming variation and faults. Inputs beyond the
+    full scale are clipped to it, as the chip's DAC will: the device is only modelled up to the
+    read voltage.
     """
     flat = weight.reshape(weight.shape[0], -1)
     weights = WEIGHT_ENCODINGS.get(plan.weight_encoding)(target)
@@ -291,7 +296,9 @@ def mapped_layer(
                      adc_bits=adc_bits, input_range=input_range, gain=input_range.scale / (per_weight * response),
                      row_splits=grid.row_splits, col_splits=grid.col_splits, adc_range=adc_range)
     layer_target = target if variation else target.nominal()
-    return CrossbarLayer.build(node.name, node.source, op, layer_target, g_pos, g_neg, inputs, tolerance=tolerance, terms=terms)
+    layer = CrossbarLayer.build(node.name, node.source, op, layer_target, g_pos, g_neg, inputs, tolerance=tolerance, terms=terms)
+    layer.clip_inputs = True
+    return layer
 
 
 def without_ranges(op: CrossbarOp) -> CrossbarOp:

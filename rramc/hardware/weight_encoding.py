@@ -69,7 +69,7 @@ class WeightEncoding(ABC):
         return write(g_pos), write(g_neg)
 
     def cell_terms(self, weight: Tensor, expansion: Expansion, *, per_column: bool) -> tuple[Tensor, Tensor] | None:
-        """Training's fast path: ``ψ(G⁺) - ψ(G⁻)`` ``[inputs, outputs, terms]`` of the continuous
+        """Training's fast path: ``ψ(G⁺) - ψ(G⁻)`` ``[terms, outputs, inputs]`` of the continuous
         (unrounded) conductances of ``weight``, computed without the conductances, and
         ``conductance_per_weight``; None when the encoding offers none (the generic :meth:`map`
         and the expansion are used). Must equal the generic path within the expansion's tolerance.
@@ -125,9 +125,9 @@ class Differential(WeightEncoding):
         c = self.target.conductance
         scale = (c.g_max - c.g_min) / weight_peak(weight, per_column)
         if expansion.exact:  # ψ(G) = G: the difference is the conductance difference itself
-            return (scale[:, None] * weight).T[..., None], scale
+            return (weight * scale[:, None])[None], scale
         table = _difference_table(self.target, expansion)
-        return table((scale * self.read_current.response)[:, None] * weight).transpose(0, 1), scale
+        return table.terms_first(weight * (scale * self.read_current.response)[:, None]), scale
 
 
 @functools.lru_cache(maxsize=32)
