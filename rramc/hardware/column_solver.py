@@ -102,9 +102,10 @@ class _Matrices:
     """Column sums as matmuls: ``φ(V)`` of the word lines times these per-term cell values."""
 
     expansion: Expansion
-    linear: Tensor | None  # [blocks, height·terms, outputs], rows of word line i at i·terms + k, zero-padded
-    height: int  # rows (word lines × terms) per block, every block padded up to it
-    index: Tensor | None  # [blocks, height] drive row of every slot (inputs·terms: a zero) when blocks are uneven
+    linear: Tensor | None  # [blocks, height, outputs]: each block's rows (word line i, term k), zero-padded to height
+    height: int  # rows per block: the tallest block's word lines × terms
+    index: Tensor | None  # [blocks, height] the drive row of every slot (terms·inputs: the zero pad), several blocks only
+    consecutive: bool  # the blocks' slots are consecutive slices of the drive (one term, blocks of one height)
     conv: list[Tensor] | None  # per row block: [outputs, its channels·terms, kh, kw], taps of other blocks zero
     conv_channels: list[tuple[int, int]] | None  # per row block: its input channels (first, last + 1)
     per_term: Tensor | None = None  # [terms, outputs, inputs] of a one-block linear layer given by its terms (training)
@@ -165,35 +166,32 @@ def _matrices(cells: Conductances, expansion: Expansion, *, subtract: bool) -> _
     grid = cells.grid
     if cells.terms is not None and subtract:
         if cells.lowering.conv is None and grid.uniform:  # kept in the weights' layout: a matmul per term, no copy
-            return _Matrices(expansion, None, 0, None, None, None, per_term=cells.terms)
+            return _Matrices(expansion, None, 0, None, False, None, None, per_term=cells.terms)
         cell = cells.terms.transpose(1, 2)
     else:
         pos, neg = expansion.conductance(cells.g_pos), expansion.conductance(cells.g_neg)  # [inputs, outputs, terms]
         cell = (pos - neg if subtract else pos + neg).movedim(-1, 0)
-    terms, n_in, outputs = cell.shape  # term-major: the matrix row of word line i, term k is k·inputs + i
+    terms, n_in, outputs = cell.shape  # term-major: the drive row of word line i, term k is k·inputs + i
     if cells.lowering.conv is None:
         virtual = cell.reshape(terms * n_in, outputs)
         if grid.uniform:
-            return _Matrices(expansion, virtual[None], terms * n_in, None, None, None)
+            return _Matrices(expansion, virtual[None], terms * n_in, None, True, None, None)
         heights = [b - a for a, b in grid.row_blocks]
-        if terms == 1 and all(h == heights[0] for h in heights[:-1]):  # consecutive slices: the last one padded
-            height = heights[0]
-            padding = height * len(heights) - n_in
-            stacked = torch.cat([virtual, virtual.new_zeros(padding, outputs)]) if padding else virtual
-            return _Matrices(expansion, stacked.reshape(len(heights), height, outputs), height, None, None, None)
         height = max(heights) * terms
         index = torch.full((len(heights), height), terms * n_in, dtype=torch.long, device=virtual.device)
         for block, (a, b) in enumerate(grid.row_blocks):
             rows = torch.arange(a, b, device=virtual.device)
             index[block, : (b - a) * terms] = (torch.arange(terms, device=virtual.device)[:, None] * n_in + rows).reshape(-1)
         padded = torch.cat([virtual, virtual.new_zeros(1, outputs)])
-        return _Matrices(expansion, padded[index], height, index, None, None)
+        consecutive = terms == 1 and all(h == heights[0] for h in heights[:-1])
+        return _Matrices(expansion, padded[index], height, index, consecutive, None, None)
     (kh, kw), *_ = cells.lowering.conv
     taps = kh * kw
     channels = n_in // taps
     full = cell.reshape(terms, channels, kh, kw, outputs).permute(4, 1, 0, 2, 3)  # [outputs, C, terms, kh, kw]
     if grid.uniform:
-        return _Matrices(expansion, None, 0, None, [full.reshape(outputs, channels * terms, kh, kw).contiguous()], [(0, channels)])
+        return _Matrices(expansion, None, 0, None, False, [full.reshape(outputs, channels * terms, kh, kw).contiguous()],
+                         [(0, channels)])
     # A row block covers consecutive (channel, tap) rows: its convolution reads the channels it
     # touches, with the taps of its neighbours' rows zeroed (at most one channel shared per edge).
     weights, spans = [], []
@@ -203,7 +201,7 @@ def _matrices(cells: Conductances, expansion: Expansion, *, subtract: bool) -> _
         inside = ((row >= a) & (row < b)).to(cell.dtype)[c0:c1]  # [channels of the block, 1, kh, kw]
         weights.append((full[:, c0:c1] * inside).reshape(outputs, (c1 - c0) * terms, kh, kw).contiguous())
         spans.append((c0, c1))
-    return _Matrices(expansion, None, 0, None, weights, spans)
+    return _Matrices(expansion, None, 0, None, False, weights, spans)
 
 
 def _drive(matrices: _Matrices, read: Read) -> Tensor:
@@ -234,22 +232,16 @@ def _matmul(matrices: _Matrices, cells: Conductances, read: Read) -> Tensor:
         blocks = matrices.linear.shape[0]
         if blocks == 1:
             return torch.matmul(flat, matrices.linear[0])[None]
-        if matrices.index is not None:  # uneven blocks: gather each block's rows
-            padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
-            return torch.bmm(padded[:, matrices.index].transpose(0, 1), matrices.linear)
-        height = matrices.height
-        if flat.requires_grad or matrices.linear.requires_grad:
-            # pad to whole blocks and view as [blocks, batch, height]: one batched matmul
-            padding = blocks * height - flat.shape[1]
-            if padding:
-                flat = torch.cat([flat, flat.new_zeros(flat.shape[0], padding)], dim=1)
-            return torch.bmm(flat.reshape(flat.shape[0], blocks, height).transpose(0, 1), matrices.linear)
-        # Inference: each block's rows are a slice of the drive; a matmul per block into one buffer.
-        out = flat.new_empty(blocks, flat.shape[0], matrices.linear.shape[2])
-        for block in range(blocks):
-            rows = flat[:, block * height : (block + 1) * height]
-            torch.mm(rows, matrices.linear[block, : rows.shape[1]], out=out[block])
-        return out
+        if matrices.consecutive and not (flat.requires_grad or matrices.linear.requires_grad):
+            # Each block's rows are a slice of the drive: a matmul per block into one buffer, no gathering.
+            out = flat.new_empty(blocks, flat.shape[0], matrices.linear.shape[2])
+            for block in range(blocks):
+                rows = flat[:, block * matrices.height : (block + 1) * matrices.height]
+                torch.mm(rows, matrices.linear[block, : rows.shape[1]], out=out[block])
+            return out
+        assert matrices.index is not None
+        padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
+        return torch.bmm(padded[:, matrices.index].transpose(0, 1), matrices.linear)
     _, stride, padding, dilation = cells.lowering.conv
     batch, channels, h, w = phi.shape[:4]
     drive = phi.permute(0, 1, 4, 2, 3).reshape(batch, channels * terms, h, w) if terms > 1 else phi[..., 0]

@@ -29,12 +29,6 @@ def dac(x: Tensor, bits: int | None) -> Tensor:
     return straight_through(x, torch.round(x * steps) / steps)
 
 
-def dac_codes(x: Tensor, bits: int) -> Tensor:
-    """The DAC code (0 … ``2**bits - 1``) of every ``x``, clipped to [0, 1] first."""
-    steps = dac_steps(bits)
-    return torch.round(x.clamp(0.0, 1.0).mul(steps)).long()
-
-
 def adc_steps(bits: int) -> int:
     return (1 << (bits - 1)) - 1
 

@@ -14,7 +14,7 @@ reads and row blocks are added digitally; the neuron applies ``gain`` and ``offs
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -299,8 +299,3 @@ def mapped_layer(
     layer = CrossbarLayer.build(node.name, node.source, op, layer_target, g_pos, g_neg, inputs, tolerance=tolerance, terms=terms)
     layer.clip_inputs = True
     return layer
-
-
-def without_ranges(op: CrossbarOp) -> CrossbarOp:
-    """``op`` before calibration: no input range, gain, offset or ADC ranges."""
-    return replace(op, input_range=None, gain=None, offset=None, adc_range=None)

@@ -37,15 +37,6 @@ class TileGrid:
     def col_blocks(self) -> list[tuple[int, int]]:
         return list(zip(self.col_splits[:-1], self.col_splits[1:]))
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (len(self.row_splits) - 1, len(self.col_splits) - 1)
-
-    @property
-    def height(self) -> int:
-        """Word lines of the tallest row block."""
-        return max(b - a for a, b in self.row_blocks)
-
     def column_widths(self, device: torch.device | str = "cpu") -> Tensor:
         return torch.tensor([b - a for a, b in self.col_blocks], device=device)
 
