@@ -92,7 +92,10 @@ class Interpreter:
                 raise RuntimeSimulationError(f"input %{node.name} must be a tensor, got {type(x).__name__}")
             if tuple(x.shape[1:]) != node.shape:
                 raise RuntimeSimulationError(f"input %{node.name} expects samples of shape {list(node.shape)}, got {list(x.shape[1:])}")
-            values[node.name] = x.to(device=self.device, dtype=self.dtype)
+            x = x.to(device=self.device, dtype=self.dtype)
+            if not bool(torch.isfinite(x).all()):
+                raise RuntimeSimulationError(f"input %{node.name} holds NaN or infinite values; a chip applies finite voltages only")
+            values[node.name] = x
         return values
 
     def run(self, *inputs: Tensor, keep: Sequence[str] | bool = ()) -> tuple[Tensor, dict[str, Tensor]]:

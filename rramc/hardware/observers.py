@@ -35,7 +35,9 @@ class Observer:
         """``node`` was computed from ``operands``."""
 
     def on_read(self, layer: CrossbarLayer, read: Read, currents: Tensor) -> None:
-        """``layer`` read its arrays once: ``currents`` are its tile columns' currents before the ADC."""
+        """``layer`` read its arrays once: ``currents`` are its tile columns' currents before the ADC
+        [A], in the layer's lowering's layout. They are valid during the call only (the readout
+        converts them in place): copy what you keep."""
 
     def on_clip(self, layer: CrossbarLayer, negative: int, over: int, total: int) -> None:
         """``layer`` received ``total`` input values: ``negative`` ones it cannot apply (unsigned inputs)
