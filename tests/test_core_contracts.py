@@ -277,15 +277,15 @@ class BitSerial(InputEncoding):
     name = "bit_serial"
     default_bits: ClassVar[int] = 8
 
-    def reads(self, x: torch.Tensor, dac_bits: int | None) -> list[Read]:
+    def reads(self, x: torch.Tensor, scale: float, dac_bits: int | None) -> list[Read]:
         bits = dac_bits or self.default_bits
         steps = (1 << bits) - 1
-        codes = torch.round(x.detach().clamp(0.0, 1.0) * steps).long()
+        codes = torch.round((x.detach() / scale).clamp(0.0, 1.0) * steps).long()
         vread = torch.tensor([0.0, self.target.crossbar.read_voltage], dtype=x.dtype, device=x.device)
         return [Read((1 << b) / steps, ((codes >> b) & 1).to(x.dtype) * vread[1], vread) for b in range(bits)]
 
-    def clipped(self, x: torch.Tensor, dac_bits: int | None) -> torch.Tensor:
-        return (x > 1.0).sum()
+    def clipped(self, x: torch.Tensor, scale: float, dac_bits: int | None) -> torch.Tensor:
+        return (x > scale).sum()
 
 
 class CentredPair(WeightEncoding):

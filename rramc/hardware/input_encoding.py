@@ -1,7 +1,7 @@
 """The input-encoding seam: how an activation becomes signals on the word lines.
 
-An encoding turns one sign phase of a layer's inputs, scaled so that 1 is full scale, into a
-list of :class:`Read` s: each is one read of the arrays (word-line voltages, applied at once),
+An encoding turns one sign phase of a layer's inputs (their positive part, ``scale`` being the
+value applied as full scale) into a list of :class:`Read` s: each is one read of the arrays (word-line voltages, applied at once),
 digitised by the ADC and weighted digitally (shift-and-add) before the reads are summed. Built
 in: ``amplitude`` (one read; the activation sets the voltage through the DAC). A new encoding is
 a subclass in its own module plus a line in :data:`INPUT_ENCODINGS` (or an entry point in the
@@ -52,8 +52,9 @@ class InputEncoding(ABC):
         self.target = target
 
     @abstractmethod
-    def reads(self, x: Tensor, dac_bits: int | None) -> list[Read]:
-        """The reads that apply ``x`` (≥ 0, 1 = full scale); differentiable if ``x`` requires grad."""
+    def reads(self, x: Tensor, scale: float, dac_bits: int | None) -> list[Read]:
+        """The reads that apply ``max(x, 0)``, ``scale`` being the value applied as full scale;
+        differentiable if ``x`` requires grad."""
 
     def full_scale_response(self, dac_bits: int | None) -> float:
         """Read current per siemens of conductance difference for a full-scale input (x = 1):
@@ -61,18 +62,18 @@ class InputEncoding(ABC):
         conventional full-scale calibration: an input of 1 gives the linear weighted sum."""
         c, device = self.target.conductance, self.target.device
         total = 0.0
-        for read in self.reads(torch.ones(1, dtype=torch.float64), dac_bits):
+        for read in self.reads(torch.ones(1, dtype=torch.float64), 1.0, dac_bits):
             v = read.voltages.to(torch.float64)
             hi = device.current(v, torch.tensor(c.g_max, dtype=torch.float64))
             lo = device.current(v, torch.tensor(c.g_min, dtype=torch.float64))
             total += read.weight * float(((hi - lo) / (c.g_max - c.g_min)).sum())
         return total
 
-    def clipped(self, x: Tensor, dac_bits: int | None) -> Tensor:
-        """How many of ``x`` (≥ 0) the encoding cannot represent and clips (a 0-d count)."""
+    def clipped(self, x: Tensor, scale: float, dac_bits: int | None) -> Tensor:
+        """How many positive values of ``x`` the encoding cannot represent and clips (a 0-d count)."""
         if dac_bits is None:
             return torch.zeros((), dtype=torch.long)
-        return (x > 1.0).sum()
+        return (x > scale).sum()
 
 
 class Amplitude(InputEncoding):
@@ -84,15 +85,19 @@ class Amplitude(InputEncoding):
         super().__init__(target)
         self._levels: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
 
-    def reads(self, x: Tensor, dac_bits: int | None) -> list[Read]:
+    def reads(self, x: Tensor, scale: float, dac_bits: int | None) -> list[Read]:
         vread = self.target.crossbar.read_voltage
         if dac_bits is not None and dac_bits <= 16 and not x.requires_grad:
+            steps = dac_steps(dac_bits)
             key = (dac_bits, x.dtype, x.device)
             if key not in self._levels:
-                steps = dac_steps(dac_bits)
                 self._levels[key] = torch.arange(steps + 1, dtype=x.dtype, device=x.device) * (vread / steps)
-            return [Read(1.0, dac(x, dac_bits).mul_(vread), self._levels[key])]
-        return [Read(1.0, dac(x, dac_bits) * vread)]
+            # the DAC's code of every input (negative ones and those beyond full scale clipped), as a voltage
+            volts = x.mul(steps / scale).clamp_(0.0, steps).round_().mul_(vread / steps)
+            return [Read(1.0, volts, self._levels[key])]
+        if dac_bits is None:
+            return [Read(1.0, torch.relu(x) * (vread / scale))]
+        return [Read(1.0, dac(x * (1.0 / scale), dac_bits) * vread)]
 
 
 INPUT_ENCODINGS: Registry[type[InputEncoding]] = Registry(

@@ -164,21 +164,18 @@ class CrossbarLayer:
     def phases(self, x: Tensor, scale: float, generator: torch.Generator | None = None,
                observers: Sequence[Observer] = ()) -> list[Phase]:
         """Tile column currents of every read, before the ADC, for inputs ``x`` applied at ``scale``."""
-        u = x * (1.0 / scale)
         if self.clip_inputs:
-            u = u.clamp(-1.0, 1.0)
+            x = x.clamp(-scale, scale)
         signed = self.op.input_range.signed if self.op.input_range is not None else False
-        parts = [(1.0, torch.relu(u))]
-        if signed:
-            parts.append((-1.0, torch.relu(-u)))
+        parts = [(1.0, x), (-1.0, -x)] if signed else [(1.0, x)]  # the encoding applies each part's positive values
         if observers:
-            negative = 0 if signed else int((u < 0).sum())
-            over = sum(int(self.inputs.clipped(part, self.op.dac_bits)) for _, part in parts)
+            negative = 0 if signed else int((x < 0).sum())
+            over = sum(int(self.inputs.clipped(part, scale, self.op.dac_bits)) for _, part in parts)
             for observer in observers:
-                observer.on_clip(self, negative, over, u.numel())
+                observer.on_clip(self, negative, over, x.numel())
         phases = []
         for sign, part in parts:
-            for read in self.inputs.reads(part, self.op.dac_bits):
+            for read in self.inputs.reads(part, scale, self.op.dac_bits):
                 currents = self.solver.read(self.state, read, generator)
                 for observer in observers:
                     observer.on_read(self, read, currents)
@@ -224,6 +221,9 @@ class CrossbarLayer:
         for weight, current in phases:  # the currents are this call's own: converted in place
             codes = current.mul_(codes_per_ampere).clamp_(-steps, steps).round_()
             factor = per_code if weight == 1.0 else per_code * weight
+            if codes.shape[dim] == 1 and total is not None:
+                total = torch.addcmul(total, codes.select(dim, 0), factor.select(dim, 0))
+                continue
             part = codes.select(dim, 0).mul_(factor.select(dim, 0)) if codes.shape[dim] == 1 else codes.mul_(factor).sum(dim)
             total = part if total is None else part.add_(total)
         assert total is not None
