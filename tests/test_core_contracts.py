@@ -25,7 +25,7 @@ import torch.nn as nn
 
 import rramc
 import rramc.runtime.executable as executable_module
-from rramc.errors import ClippedInputWarning, ExecutableFormatError, PassError, TargetError
+from rramc.errors import ClippedInputWarning, ExecutableFormatError, PassError, RramcError, TargetError
 from rramc.hardware.column_solver import COLUMN_SOLVERS, ColumnSolver, Conductances
 from rramc.hardware.config import spec_field
 from rramc.hardware.input_encoding import INPUT_ENCODINGS, InputEncoding, Read
@@ -629,3 +629,17 @@ def test_column_solvers_from_installed_distributions(tmp_path: Path) -> None:
            "rramc-broken-wires) does not implement ColumnSolver: missing read" in result["broken"]
     code, described = result["targets"]  # a target file selects the plugin by name
     assert code == 0 and described.startswith("plugged:") and "wires: per_cell_plugin" in described, described
+
+
+def test_a_batch_with_nan_is_refused_with_a_message() -> None:
+    """A NaN would otherwise become a garbage DAC code (an index far out of range) deep in the runtime."""
+    torch.manual_seed(0)
+    model = models.mlp(8, 6, 3).eval()
+    exe = rramc.compile(model, "rram_b", torch.rand(64, 8), input_range=(0.0, 1.0))
+    bad = torch.rand(4, 8)
+    bad[1, 2] = float("nan")
+    with pytest.raises(RramcError, match="NaN or infinite"):
+        exe(bad)
+    bad[1, 2] = float("inf")
+    with pytest.raises(RramcError, match="NaN or infinite"):
+        exe.reference(bad)
