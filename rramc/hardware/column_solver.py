@@ -219,6 +219,9 @@ def _drive(matrices: _Matrices, read: Read) -> Tensor:
 
 
 def _matmul(matrices: _Matrices, cells: Conductances, read: Read) -> Tensor:
+    one_term = matrices.expansion.one_term
+    if one_term is not None and cells.lowering.conv is None and matrices.linear is not None and len(matrices.linear) == 1:
+        return torch.matmul(one_term(read.voltages), matrices.linear[0]).unsqueeze(0)  # the common case, without reshaping
     phi = _drive(matrices, read)
     terms = phi.shape[-1]
     if matrices.per_term is not None:
