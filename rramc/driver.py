@@ -49,8 +49,9 @@ def compile(
 ) -> Executable:
     """Compile a network for a target and return the executable.
 
-    ``model`` is an ``nn.Module`` (traced with torch.fx on ``example_input``; left in the mode it
-    was in), a ``torch.export`` program, an rramc :class:`Graph`, or a path to a ``.pt2`` archive.
+    ``model`` is an ``nn.Module`` (traced with torch.fx on ``example_input``, by default the
+    first calibration samples; left in the mode it was in), a ``torch.export`` program, an rramc
+    :class:`Graph`, or a path to a ``.pt2`` archive.
     ``calibration_data`` (a batch of representative inputs, or a data set) defaults to
     ``example_input``; ``training_data`` is the data set passes that train (``reconstruct``) use.
     ``input_range`` declares the range of the network's input values, which decides whether the
@@ -63,8 +64,10 @@ def compile(
     if pass_manager is not None and (pipeline is not None or skip or print_ir or instruments):
         raise PassError("give either pass_manager or pipeline/skip/print_ir/instruments, not both: a pass manager brings its own")
     target = load_target(target)
-    graph, source = import_model(model, example_input)
     samples = calibration_data.images if isinstance(calibration_data, Dataset) else calibration_data
+    if example_input is None and samples is not None and isinstance(model, nn.Module):
+        example_input = samples[:2]  # the calibration batch shows the shapes as well as an example does
+    graph, source = import_model(model, example_input)
     if samples is None:
         samples = example_input
     declared = input_range

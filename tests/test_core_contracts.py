@@ -643,3 +643,14 @@ def test_a_batch_with_nan_is_refused_with_a_message() -> None:
     bad[1, 2] = float("inf")
     with pytest.raises(RramcError, match="NaN or infinite"):
         exe.reference(bad)
+
+
+def test_a_data_set_is_enough_to_compile_a_module(digits_train) -> None:  # type: ignore[no-untyped-def]
+    """No example input needed: the calibration data shows the shapes, and declares its value range."""
+    torch.manual_seed(0)
+    model = models.mlp(64, 16, 10).eval()
+    exe = rramc.compile(model, "ideal", calibration_data=digits_train.take(128))
+    (graph_input,) = exe.graph.inputs
+    assert graph_input.shape == (1, 8, 8) and graph_input.op.value_range == (0.0, 1.0)
+    x = digits_train.images[:16]
+    torch.testing.assert_close(exe(x), model(x), rtol=1e-5, atol=1e-6)
