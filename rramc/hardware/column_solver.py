@@ -105,7 +105,7 @@ class _Matrices:
     linear: Tensor | None  # [blocks, height, outputs]: each block's rows (word line i, term k), zero-padded to height
     height: int  # rows per block: the tallest block's word lines × terms
     index: Tensor | None  # [blocks, height] the drive row of every slot (terms·inputs: the zero pad), several blocks only
-    consecutive: bool  # the blocks' slots are consecutive slices of the drive (one term, blocks of one height)
+    consecutive: bool  # the blocks' slots are consecutive slices of the drive (blocks of one height but the last)
     conv: list[Tensor] | None  # per row block: [outputs, its channels·terms, kh, kw], taps of other blocks zero
     conv_channels: list[tuple[int, int]] | None  # per row block: its input channels (first, last + 1)
     per_term: Tensor | None = None  # [terms, outputs, inputs] of a one-block linear layer given by its terms (training)
@@ -171,19 +171,19 @@ def _matrices(cells: Conductances, expansion: Expansion, *, subtract: bool) -> _
     else:
         pos, neg = expansion.conductance(cells.g_pos), expansion.conductance(cells.g_neg)  # [inputs, outputs, terms]
         cell = (pos - neg if subtract else pos + neg).movedim(-1, 0)
-    terms, n_in, outputs = cell.shape  # term-major: the drive row of word line i, term k is k·inputs + i
+    terms, n_in, outputs = cell.shape
     if cells.lowering.conv is None:
-        virtual = cell.reshape(terms * n_in, outputs)
+        # The drive row of word line i, term k is i·terms + k: a row block is a consecutive slice.
+        virtual = cell.permute(1, 0, 2).reshape(n_in * terms, outputs)
         if grid.uniform:
             return _Matrices(expansion, virtual[None], terms * n_in, None, True, None, None)
         heights = [b - a for a, b in grid.row_blocks]
         height = max(heights) * terms
         index = torch.full((len(heights), height), terms * n_in, dtype=torch.long, device=virtual.device)
         for block, (a, b) in enumerate(grid.row_blocks):
-            rows = torch.arange(a, b, device=virtual.device)
-            index[block, : (b - a) * terms] = (torch.arange(terms, device=virtual.device)[:, None] * n_in + rows).reshape(-1)
+            index[block, : (b - a) * terms] = torch.arange(a * terms, b * terms, device=virtual.device)
         padded = torch.cat([virtual, virtual.new_zeros(1, outputs)])
-        consecutive = terms == 1 and all(h == heights[0] for h in heights[:-1])
+        consecutive = all(h == heights[0] for h in heights[:-1])
         return _Matrices(expansion, padded[index], height, index, consecutive, None, None)
     (kh, kw), *_ = cells.lowering.conv
     taps = kh * kw
@@ -230,7 +230,7 @@ def _matmul(matrices: _Matrices, cells: Conductances, read: Read) -> Tensor:
             out = torch.addmm(out, phi[..., k], matrices.per_term[k].T)
         return out[None]
     if cells.lowering.conv is None:
-        flat = phi.transpose(1, 2).reshape(phi.shape[0], -1)  # [batch, terms·inputs], term k of input i at k·inputs + i
+        flat = phi.reshape(phi.shape[0], -1)  # [batch, inputs·terms], term k of input i at i·terms + k
         assert matrices.linear is not None
         blocks = matrices.linear.shape[0]
         if blocks == 1:
