@@ -214,7 +214,7 @@ def _drive(matrices: _Matrices, read: Read) -> Tensor:
         table = matrices.tables.get(key)
         if table is None:
             table = matrices.tables[key] = expansion.voltage(read.levels)
-        return table[read.codes()]
+        return F.embedding(read.codes(), table)
     return expansion.voltage(read.voltages)
 
 

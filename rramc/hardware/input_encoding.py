@@ -40,7 +40,7 @@ class Read:
         """The index of every voltage among ``levels``."""
         assert self.levels is not None
         step = float(self.levels[1] - self.levels[0]) if len(self.levels) > 1 else 1.0
-        return (self.voltages * (1.0 / step)).round_().long()
+        return (self.voltages * (1.0 / step)).round_().int()
 
 
 class InputEncoding(ABC):

@@ -81,6 +81,7 @@ class Interpreter:
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
         self.graph, self.kernel, self.observers = graph, kernel, list(observers)
         self.device, self.dtype = torch.device(device), dtype
+        self._order: list[tuple[Node, tuple[str, ...]]] | None = None
 
     def inputs(self, inputs: Sequence[Tensor]) -> dict[str, Tensor]:
         graph_inputs = self.graph.inputs
@@ -93,7 +94,8 @@ class Interpreter:
             if tuple(x.shape[1:]) != node.shape:
                 raise RuntimeSimulationError(f"input %{node.name} expects samples of shape {list(node.shape)}, got {list(x.shape[1:])}")
             x = x.to(device=self.device, dtype=self.dtype)
-            if not bool(torch.isfinite(x).all()):
+            # one reduction decides for finite batches (their sum is finite); only then look closer
+            if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
                 raise RuntimeSimulationError(f"input %{node.name} holds NaN or infinite values; a chip applies finite voltages only")
             values[node.name] = x
         return values
@@ -106,25 +108,31 @@ class Interpreter:
         values = self.inputs(inputs)
         keep_all = keep is True
         kept = set() if keep_all or keep is False else set(keep)  # type: ignore[arg-type]
-        last_use = {}
-        for node in self.graph:
-            for name in node.inputs:
-                last_use[name] = node.name
-        output = self.graph.output.name
-        for node in self.graph:
-            if node.name in values:
-                continue
+        observers = self.observers
+        for node, freed in self._schedule():
             operands = [values[i] for i in node.inputs]
             value = self.evaluate(node, operands)
             values[node.name] = value
-            for observer in self.observers:
+            for observer in observers:
                 observer.on_node(node, operands, value)
             if not keep_all:
-                for name in node.inputs:
-                    if last_use[name] == node.name and name not in kept and name != output:
+                for name in freed:
+                    if name not in kept:
                         del values[name]
-        result = values[output]
+        result = values[self.graph.output.name]
         return result, values if keep_all else {k: values[k] for k in kept if k in values}
+
+    def _schedule(self) -> list[tuple[Node, tuple[str, ...]]]:
+        """Every computed node with the values nothing needs after it (the output excepted); built once."""
+        if self._order is None:
+            last_use: dict[str, str] = {}
+            for node in self.graph:
+                for name in node.inputs:
+                    last_use[name] = node.name
+            output = self.graph.output.name
+            self._order = [(node, tuple(dict.fromkeys(n for n in node.inputs if last_use[n] == node.name and n != output)))
+                           for node in self.graph if not isinstance(node.op, Input)]
+        return self._order
 
     def evaluate(self, node: Node, operands: list[Tensor]) -> Tensor:
         op = node.op
@@ -185,6 +193,7 @@ class Chip:
         self.graph, self.target, self.seed = graph, target, seed
         self.device, self.dtype = torch.device(device), dtype
         generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._schedule = Interpreter(graph, FloatKernel())._schedule()
         self.layers: dict[str, CrossbarLayer] = {}
         for node in graph:
             if isinstance(node.op, (Linear, Conv2d)):
@@ -202,8 +211,10 @@ class Chip:
 
     def interpreter(self, observers: Sequence[Observer] = (), noise: torch.Generator | None = None) -> Interpreter:
         """An interpreter running this chip; ``noise``: the read-noise stream (default: a fresh one)."""
-        return Interpreter(self.graph, ChipKernel(self, noise if noise is not None else self.noise(), observers), observers,
-                           device=self.device, dtype=self.dtype)
+        interpreter = Interpreter(self.graph, ChipKernel(self, noise if noise is not None else self.noise(), observers), observers,
+                                  device=self.device, dtype=self.dtype)
+        interpreter._order = self._schedule  # the graph is the chip's: its schedule is too
+        return interpreter
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.interpreter()(x)
