@@ -205,9 +205,9 @@ def _matrices(cells: Conductances, expansion: Expansion, *, subtract: bool) -> _
 
 
 def _drive(matrices: _Matrices, read: Read) -> Tensor:
-    """``φ(V)`` of every word-line voltage: ``[..., terms]``; looked up per DAC level when the
-    voltages come from a DAC and the device needs a factorisation (a separable device's ``g(V)``
-    is cheaper to compute than to look up)."""
+    """``φ(V)`` of every word-line voltage: ``[..., terms]``. For a factorised device, whose terms are
+    interpolated, looked up per DAC level when the voltages come from a DAC; a separable device's
+    ``g(V)`` costs less to compute than a gather does."""
     expansion = matrices.expansion
     if read.levels is not None and not expansion.exact:
         key = (read.levels.dtype, read.levels.device, read.levels.numel())
@@ -219,9 +219,8 @@ def _drive(matrices: _Matrices, read: Read) -> Tensor:
 
 
 def _matmul(matrices: _Matrices, cells: Conductances, read: Read) -> Tensor:
-    one_term = matrices.expansion.one_term
-    if one_term is not None and cells.lowering.conv is None and matrices.linear is not None and len(matrices.linear) == 1:
-        return torch.matmul(one_term(read.voltages), matrices.linear[0]).unsqueeze(0)  # the common case, without reshaping
+    if matrices.expansion.exact and cells.lowering.conv is None and matrices.linear is not None and len(matrices.linear) == 1:
+        return torch.matmul(_drive(matrices, read)[..., 0], matrices.linear[0]).unsqueeze(0)  # the common case, no reshaping
     phi = _drive(matrices, read)
     terms = phi.shape[-1]
     if matrices.per_term is not None:

@@ -171,7 +171,6 @@ class Expansion:
     tolerance: float
     description: str
     exact: bool = False
-    one_term: Callable[[Tensor], Tensor] | None = None  # a separable device's g(V), without the terms dimension
 
     def current(self, v: Tensor, g: Tensor) -> Tensor:
         """The expansion evaluated elementwise (for checks; the runtime uses the terms in matmuls)."""
@@ -185,7 +184,7 @@ class Expansion:
 def separable(function: Callable[[Tensor], Tensor], description: str, power: int = 1) -> Expansion:
     """The exact one-term expansion ``g(V)·G**power`` of a separable device (``power=2``: of ``f²``)."""
     return Expansion(1, lambda v: function(v)[..., None], lambda g: (g if power == 1 else g * g)[..., None], None, 0.0, 0.0,
-                     description, exact=True, one_term=function)
+                     description, exact=True)
 
 
 def low_rank(fn: Callable[[Tensor, Tensor], Tensor], voltages: Tensor, g_min: float, g_max: float, tolerance: float,

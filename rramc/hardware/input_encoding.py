@@ -11,7 +11,6 @@ a subclass in its own module plus a line in :data:`INPUT_ENCODINGS` (or an entry
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -23,24 +22,40 @@ from rramc.hardware.target import Target
 from rramc.registry import Registry
 
 
-@dataclass
 class Read:
     """One read of the arrays: word-line voltages and the digital weight of its ADC output.
 
     ``voltages`` [V] are shaped like the layer's input. ``levels``, when given, are every voltage
     that can occur (ascending, evenly spaced from 0 V: a DAC's outputs), so a column solver may
-    tabulate what it needs per level instead of computing it per input.
+    tabulate what it needs per level instead of computing it per input; an encoding that knows
+    each input's level may give those indices (``codes``, integral values of any dtype) instead of
+    the voltages, which are then derived when asked for.
     """
 
-    weight: float
-    voltages: Tensor
-    levels: Tensor | None = None
+    def __init__(self, weight: float, voltages: Tensor | None = None, levels: Tensor | None = None,
+                 codes: Tensor | None = None) -> None:
+        if voltages is None and (codes is None or levels is None):
+            raise ValueError("a read needs its voltages, or the codes of its levels")
+        self.weight, self.levels = weight, levels
+        self._voltages, self._codes = voltages, codes
+
+    @property
+    def voltages(self) -> Tensor:
+        if self._voltages is None:
+            assert self._codes is not None and self.levels is not None
+            self._voltages = self._codes * self.step
+        return self._voltages
+
+    @property
+    def step(self) -> float:
+        assert self.levels is not None
+        return float(self.levels[1] - self.levels[0]) if len(self.levels) > 1 else 1.0
 
     def codes(self) -> Tensor:
-        """The index of every voltage among ``levels``."""
-        assert self.levels is not None
-        step = float(self.levels[1] - self.levels[0]) if len(self.levels) > 1 else 1.0
-        return (self.voltages * (1.0 / step)).round_().int()
+        """The index (int32) of every voltage among ``levels``."""
+        if self._codes is not None:
+            return self._codes.int()
+        return (self.voltages * (1.0 / self.step)).round_().int()
 
 
 class InputEncoding(ABC):
@@ -92,9 +107,9 @@ class Amplitude(InputEncoding):
             key = (dac_bits, x.dtype, x.device)
             if key not in self._levels:
                 self._levels[key] = torch.arange(steps + 1, dtype=x.dtype, device=x.device) * (vread / steps)
-            # the DAC's code of every input (negative ones and those beyond full scale clipped), as a voltage
-            volts = x.mul(steps / scale).clamp_(0.0, steps).round_().mul_(vread / steps)
-            return [Read(1.0, volts, self._levels[key])]
+            # the DAC's code of every input (negative ones and those beyond full scale clipped)
+            codes = x.mul(steps / scale).clamp_(0.0, steps).round_()
+            return [Read(1.0, levels=self._levels[key], codes=codes)]
         if dac_bits is None:
             return [Read(1.0, torch.relu(x) * (vread / scale))]
         return [Read(1.0, dac(x * (1.0 / scale), dac_bits) * vread)]
