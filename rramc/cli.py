@@ -101,11 +101,20 @@ def compile(
                          "(a list of passes goes to --passes)")
     output = output or Path(model.name).with_suffix(".rramx")
     _refuse_overwriting(output, model, target)
+    training = {"epochs": (epochs, 3), "optimizer": (optimizer, "adam"), "lr": (lr, None), "batch-size": (batch_size, 128),
+                "init": (init, "finetune"), "train-samples": (train_samples, None), "in-loop": (in_loop, None)}
+    if pipeline == "reconstruct":  # the named pipeline is what --reconstruct runs: its options apply
+        reconstruct, pipeline = True, None
     options = None
     if reconstruct:
         options = {"epochs": epochs, "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "seed": seed, "init": init,
                    "samples": train_samples, **_in_loop(in_loop)}
         options = {k: v for k, v in options.items() if v is not None}
+    else:
+        given = [f"--{name}" for name, (value, default) in training.items() if value != default]
+        if given:
+            raise RramcError(f"{', '.join(given)} configure --reconstruct (or --pipeline reconstruct); without it they would be "
+                             "ignored. In pipeline text, set them on the pass: reconstruct{epochs=1,...}")
     timings = PassTimings()
     printing = [PrintIR(lambda name, text: console.print(f"[bold]// IR after {name}[/]\n{text}", highlight=False))] if print_ir else []
     with warnings.catch_warnings():

@@ -113,6 +113,20 @@ def test_the_named_reconstruct_pipeline_from_the_cli(model_file: Path, tmp_path:
     assert result.exit_code == 0, result.output
     layers = rramc.load_executable(out).graph.nodes_of(CrossbarOp)
     assert all(n.op.trained_for is not None and n.op.trained_for.target_name == "rram_a" for n in layers)
+    # its training options apply, as with --reconstruct
+    result = invoke("compile", str(model_file), "-t", "rram_a", "-o", str(out), "--pipeline", "reconstruct", "--epochs", "0")
+    assert result.exit_code == 0, result.output
+    assert {n.op.trained_for.epochs for n in rramc.load_executable(out).graph.nodes_of(CrossbarOp)} == {0}
+
+
+def test_training_options_without_reconstruction_are_refused(model_file: Path, tmp_path: Path) -> None:
+    """--epochs and friends would silently do nothing without a reconstruction the CLI configures."""
+    out = tmp_path / "m.rramx"
+    for args in (("--epochs", "1"), ("--lr", "0.1", "--init", "scratch"),
+                 ("-p", "canonicalize,reconstruct,quantize,tile,calibrate,emit", "--batch-size", "64")):
+        result = invoke("compile", str(model_file), "-t", "rram_a", "-o", str(out), *args)
+        assert result.exit_code == 1 and "configure --reconstruct" in result.output, (args, result.output)
+        assert not out.exists()
 
 
 def test_compile_reconstruct_bad_input(model_file: Path, tmp_path: Path, digits_train) -> None:  # type: ignore[no-untyped-def]

@@ -115,7 +115,8 @@ def build(cls: type[T], data: Any, where: Location, **extra: Any) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in extra}  # type: ignore[arg-type]
     unknown = sorted(set(map(str, data)) - set(fields))
     if unknown:
-        raise where.error(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
+        allowed = ", ".join(fields) if fields else "none (this section takes no fields)"
+        raise where.error(f"unknown field(s) {', '.join(unknown)}; allowed: {allowed}")
     values: dict[str, Any] = {}
     for name, f in fields.items():
         if name in data:
