@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 import rramc
+from rramc.hardware.currents import with_read_current
 from rramc.samples import models
 from rramc.training import TrainConfig, accuracy, train_classifier
 
@@ -41,7 +42,8 @@ def targets(families: list[str], ks: list[float], periphery: str) -> list[tuple[
         if "rram_a" in families:
             for k in ks:
                 base = rramc.load_target("rram_a").with_changes(**changes) if changes else rramc.load_target("rram_a")
-                chosen.append((f"rram_a k={k:g}{suffix}", base.with_changes(device={"nonlinearity_k": k})))
+                # same largest read current as rram_a (g_min, g_max scaled): at k = 70 the same window would carry 43×
+                chosen.append((f"rram_a k={k:g}{suffix}", with_read_current(base, device={"nonlinearity_k": k})))
         if "rram_b" in families:
             rram_b = rramc.load_target("rram_b")
             chosen.append((f"rram_b{suffix}", rram_b.with_changes(**changes) if changes else rram_b))

@@ -55,6 +55,7 @@ class Reconstruct(Pass):
     levels: bool = option("train through the target's conductance levels", False)
     converters: bool = option("train through the target's DAC and ADC", False)
     variation: bool = option("train with the target's programming variation, faults and read noise", False)
+    wires: bool = option("train through the target's wires (IR drop) on the tiles the pipeline will cut", False)
 
     def requires(self, graph: Graph, ctx: CompileContext) -> None:
         if graph.nodes_of(CrossbarOp):
@@ -97,7 +98,7 @@ class Reconstruct(Pass):
         self._clip_relus(graph, sample)
         ranges = self._input_ranges(graph, sample)
         plan = self.plan(ctx)
-        in_loop = InLoop(self.levels, self.converters, self.variation)
+        in_loop = InLoop(self.levels, self.converters, self.variation, self.wires)
         network = DeviceAwareNetwork(graph, ctx.target, plan, ranges, in_loop, seed=seed)
         if self.init == "scratch":
             network.reinitialize(seed)

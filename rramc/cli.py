@@ -86,7 +86,7 @@ def compile(
     batch_size: Annotated[int, typer.Option(help="--reconstruct: samples per step")] = 128,
     init: Annotated[str, typer.Option(help="--reconstruct: finetune the trained weights or train from scratch")] = "finetune",
     train_samples: Annotated[Optional[int], typer.Option(help="--reconstruct: use at most this many training samples")] = None,
-    in_loop: Annotated[Optional[str], typer.Option(help="--reconstruct: also train through levels,converters,variation (comma-separated)")] = None,
+    in_loop: Annotated[Optional[str], typer.Option(help="--reconstruct: also train through levels,converters,variation,wires (comma-separated)")] = None,
 ) -> None:
     """Compile MODEL for a target into one executable file."""
     import warnings
@@ -145,9 +145,9 @@ def _refuse_overwriting(output: Path, *inputs: Path | str) -> None:
 
 def _in_loop(text: str | None) -> dict[str, bool]:
     chosen = [x.strip() for x in (text or "").split(",") if x.strip()]
-    unknown = sorted(set(chosen) - {"levels", "converters", "variation"})
+    unknown = sorted(set(chosen) - {"levels", "converters", "variation", "wires"})
     if unknown:
-        raise RramcError(f"--in-loop: unknown {', '.join(unknown)}; choose from levels, converters, variation")
+        raise RramcError(f"--in-loop: unknown {', '.join(unknown)}; choose from levels, converters, variation, wires")
     return {name: True for name in chosen}
 
 
@@ -207,6 +207,9 @@ def inspect(
     exe = load_executable(executable)
     console.print(f"[bold]{executable}[/]  (compiled from {exe.metadata.get('source', '?')}, pipeline {exe.metadata.get('pipeline', '?')})")
     console.print(f"target {exe.target.describe()}", highlight=False)
+    from rramc.hardware.currents import describe_limits
+
+    console.print(f"  {describe_limits(exe.target)}", highlight=False)
     note = exe.device_evaluation()
     if note:
         console.print(f"columns: {note}", highlight=False)
@@ -262,8 +265,12 @@ def targets(
             for field, text in entries:
                 console.print(f"  {field}: {text}", highlight=False)
         return
+    from rramc.hardware.currents import describe_limits
+
     for spec in [name] if name else builtin_targets():
-        console.print(load_target(spec).describe(), highlight=False)
+        loaded = load_target(spec)
+        console.print(loaded.describe(), highlight=False)
+        console.print(f"  {describe_limits(loaded)}", highlight=False)
 
 
 @app.command()
@@ -275,8 +282,10 @@ def sweep(
     dataset: DatasetOption = None,
     data_dir: DataDirOption = None,
     factory: Annotated[Optional[str], typer.Option("--model", "-m", help="module:function building the network, for a state_dict")] = None,
-    k: Annotated[Optional[str], typer.Option("--k", help="nonlinearities k to sweep, e.g. 2.5,7.5,20,70")] = None,
-    read_voltage: Annotated[Optional[str], typer.Option("--read-voltage", help="read voltages [V] to sweep")] = None,
+    k: Annotated[Optional[str], typer.Option("--k", help="nonlinearities k to sweep, e.g. 2.5,7.5,20,70 (each point keeps the "
+                                             "base's largest cell read current: g_min, g_max are scaled)")] = None,
+    read_voltage: Annotated[Optional[str], typer.Option("--read-voltage", help="read voltages [V] to sweep (g_min, g_max scaled "
+                                                        "as for --k)")] = None,
     adc_bits: Annotated[Optional[str], typer.Option("--adc-bits", help="ADC resolutions to sweep")] = None,
     axis: Annotated[Optional[list[str]], typer.Option("--axis", help="any field: section.field=v1,v2 (repeatable)")] = None,
     epochs: Annotated[int, typer.Option(help="reconstruction epochs at each point")] = 3,
@@ -287,7 +296,10 @@ def sweep(
     reconstruct: Annotated[bool, typer.Option("--reconstruct/--no-reconstruct", help="include the reconstructed network")] = True,
     seed: Annotated[int, typer.Option(help="seed of calibration sampling and training")] = 0,
 ) -> None:
-    """Accuracy of the conventional mapping vs the reconstructed network across chip settings."""
+    """Accuracy of the conventional mapping vs the reconstructed network across chip settings.
+
+    Points that change the cell's I-V (--k, --read-voltage) keep the base's largest cell read current (g_min, g_max scaled).
+    """
     from rramc.datasets import load_dataset
     from rramc.frontend import load_model
     from rramc.hardware import load_target
@@ -341,6 +353,50 @@ def demo(
     compile(sample_path("digits_mlp.pt2"), target, output=output, calibration="digits")
     console.print()
     run(output, dataset="digits")
+
+
+@app.command("fit-device")
+@reports_errors
+def fit_device(
+    sweeps: Annotated[Path, typer.Argument(help="CSV of measured I-V sweeps: 'state,voltage,current' [V, A], one row per point")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="target YAML to write (a table device also writes <name>_iv.csv)")],
+    model: Annotated[str, typer.Option("--model", "-m", help="sinh, sinh_state or table")] = "sinh",
+    read_voltage: Annotated[float, typer.Option("--read-voltage", help="the target's read voltage [V]; the k's are given at it")] = 1.0,
+    levels: Annotated[int, typer.Option("--levels", help="programmable levels per cell")] = 32,
+    name: Annotated[Optional[str], typer.Option("--name", help="target name [default: OUTPUT's file name]")] = None,
+    rows: Annotated[int, typer.Option(help="word lines per array")] = 128,
+    cols: Annotated[int, typer.Option(help="bit lines per array")] = 128,
+    dac_bits: Annotated[int, typer.Option(help="input DAC resolution")] = 8,
+    adc_bits: Annotated[int, typer.Option(help="ADC resolution")] = 8,
+) -> None:
+    """Fit a device model to measured I-V sweeps and write a target for it."""
+    from rramc.device_fit import ERROR_COLUMNS, error_rows, fit_device_file
+
+    report = fit_device_file(sweeps, output, model, read_voltage=read_voltage, levels=levels, name=name,
+                             rows=rows, cols=cols, dac_bits=dac_bits, adc_bits=adc_bits)
+    console.print(report.fit.summary(), highlight=False)
+    table = Table(*ERROR_COLUMNS, title="fit error per state",
+                  caption=f"RMS, max: % of the sweep's largest current; at Vread ({read_voltage:g} V): relative, %")
+    for row in error_rows(report.errors):
+        table.add_row(*row)
+    console.print(table)
+    for text in report.warnings:
+        errors.print(f"[bold yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+    for path in report.written:
+        console.print(f"wrote {path}", highlight=False)
+
+
+@app.command("plot-device")
+@reports_errors
+def plot_device(
+    target: Annotated[str, typer.Argument(help="target YAML file or builtin name (ideal, rram_a, rram_b)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write")] = Path("iv.png"),
+    states: Annotated[int, typer.Option("--states", help="conductances to draw, evenly spaced from g_min to g_max")] = 5,
+) -> None:
+    """Draw a target device's I-V curves, with the read voltage and the window's currents at it."""
+    from rramc.device_plot import plot_device as draw
+
+    console.print(f"wrote {draw(target, output, states)}", highlight=False)
 
 
 def main() -> None:

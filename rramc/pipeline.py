@@ -126,6 +126,7 @@ PASSES: Registry[type[Pass]] = Registry(
         "canonicalize": "rramc.passes.canonicalize:Canonicalize",
         "quantize": "rramc.passes.quantize:Quantize",
         "tile": "rramc.passes.tile:Tile",
+        "place": "rramc.passes.place:Place",
         "calibrate": "rramc.passes.calibrate:Calibrate",
         "reconstruct": "rramc.passes.reconstruct:Reconstruct",
         "emit": "rramc.passes.emit:Emit",

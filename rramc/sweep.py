@@ -117,10 +117,23 @@ def grid_targets(base: Target, axes: dict[str, Sequence[Any]]) -> list[tuple[dic
                 raise TargetError(f"sweep axis {name}: unknown section '{section}'; use device, conductance, crossbar or nonidealities")
             changes.setdefault(section, {})[key] = value
         try:
-            points.append((point, base.with_changes(**changes)))
+            points.append((point, _grid_target(base, changes)))
         except TargetError as exc:
             raise TargetError(f"sweep grid point {point} is impossible: {exc}") from None
     return points
+
+
+def _grid_target(base: Target, changes: dict[str, dict[str, Any]]) -> Target:
+    """A point that changes the cell's I-V (a device field or the read voltage) but not the window
+    keeps the base's largest read current: g_min and g_max are scaled (``with_read_current``).
+    Otherwise a k = 70 variant of rram_a would carry 43 times its current and fail its compliance;
+    with ideal wires the scale changes no accuracy, with wire resistance it keeps IR drop comparable."""
+    from rramc.hardware.currents import with_read_current
+
+    changes_iv = "device" in changes or "read_voltage" in changes.get("crossbar", {})
+    if changes_iv and not {"g_min", "g_max"} & set(changes.get("conductance", {})):
+        return with_read_current(base, **changes)
+    return base.with_changes(**changes)
 
 
 def run_sweep(

@@ -393,6 +393,8 @@ def test_inspect_shows_ir_tiles_and_utilisation(chip_exe: Path) -> None:
     assert str(chip_exe) in text and "mlp.pt2" in text
     assert "pipeline canonicalize,quantize,tile,calibrate,emit" in text
     assert "target rram_a" in text
+    assert "read at 1 V: cells 0.136–13.6 µA (on/off 100), column ≤ 1.74 mA" in text  # derived from the device
+    assert "limits: compliance 20 µA, sense range 2.5 mA" in text
     assert "graph {" in text and text.count("= xbar.linear(") == 2
     assert "Tiles" in text and "utilisation" in text and "word lines" in text
     assert "0:64" in text and "25.0 %" in text  # 64 rows × 32 differential outputs of 128×128
@@ -419,6 +421,10 @@ def test_targets_lists_the_builtin_targets() -> None:
     lines = [line for line in text.splitlines() if re.match(r"^\w+:", line)]
     assert [line.split(":")[0] for line in lines] == ["ideal", "rram_a", "rram_b"]
     assert "model=linear" in text and "nonlinearity_k=7.5" in text and "model=sinh_state" in text
+    # read currents at the read voltage, not G·V: rram_a's sinh cells carry 6.79·G at 1 V
+    assert "cells 0.136–13.6 µA (on/off 100), column ≤ 1.74 mA (128 rows at g_max)" in text
+    assert "cells 0.214–7.31 µA (on/off 34.2), column ≤ 936 µA" in text
+    assert text.count("limits: compliance 20 µA, sense range 2.5 mA") == 3
 
 
 def test_targets_fields_lists_every_field_with_units() -> None:
@@ -433,6 +439,8 @@ def test_targets_fields_lists_every_field_with_units() -> None:
     assert re.search(r"^wires \(model: ideal\)$", text, re.MULTILINE)
     assert re.search(r"^  adc_bits: an integer >= 2 and <= 16 or null", text, re.MULTILINE)
     assert re.search(r"^  nonlinearity_k: ", text, re.MULTILINE)
+    assert re.search(r"^  compliance: a number > 0 and <= 1 or null \[A\]", text, re.MULTILINE)
+    assert re.search(r"^  sense_range: a number > 0 and <= 1 or null \[A\]", text, re.MULTILINE)
 
 
 def test_targets_validates_and_describes_a_file(files: dict[str, Path]) -> None:

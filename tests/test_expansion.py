@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 import rramc
 from rramc.hardware.column_solver import column_currents
+from rramc.hardware.currents import with_read_current
 from rramc.hardware.devices import DeviceModel
 from rramc.hardware.expansion import IDEAL_TOLERANCE, VARIANCE_TOLERANCE, Expansion, describe, device_expansion, tolerance_for
 from rramc.hardware.layer import CrossbarLayer
@@ -35,8 +36,8 @@ F64 = torch.float64
 # compiling on a few dozen samples is deliberate here
 pytestmark = pytest.mark.filterwarnings("ignore:calibrated on .* sample:rramc.errors.RramcWarning")
 
-G_MIN, G_MAX, VREAD = 1e-6, 1e-4, 1.0  # the builtin targets' window and read voltage
 RRAM_B = load_target("rram_b")
+G_MIN, G_MAX, VREAD = RRAM_B.conductance.g_min, RRAM_B.conductance.g_max, 1.0  # the builtin targets' window and read voltage
 
 
 def applied_voltages(dac_bits: int | None) -> torch.Tensor:
@@ -154,7 +155,7 @@ def test_rank_is_the_smallest_that_meets_the_tolerance() -> None:
 def table_target() -> Target:
     """A measured-table device of three states whose I-V shapes differ: rank 2 (linear and cubic parts)."""
     volts = [0.0, 0.2, 0.45, 0.7, 1.0, 1.2]
-    states = [1e-6, 1e-5, 1e-4]
+    states = [G_MIN, math.sqrt(G_MIN * G_MAX), G_MAX]
     currents = [[g * (v + a * v**3) for g, a in zip(states, (0.9, 0.5, 0.1))] for v in volts]
     return Target.from_mapping({"name": "t", "device": {"model": "table", "voltages": volts, "states": states, "currents": currents},
                                 "conductance": {"g_min": G_MIN, "g_max": G_MAX}, "crossbar": {"rows": 8, "cols": 8, "read_voltage": VREAD}})
@@ -185,7 +186,8 @@ def test_an_unreachable_tolerance_is_reported_honestly() -> None:
 SEPARABLE = {
     "ideal": load_target("ideal").device,
     "rram_a": load_target("rram_a").device,
-    "sinh_b": load_target("rram_a").with_changes(device={"model": "sinh", "b": 6.0}).device,
+    # rram_a's window scaled to keep its read current (b = 6 carries 5 times k = 7.5's): the device is the same
+    "sinh_b": with_read_current(load_target("rram_a"), device={"model": "sinh", "b": 6.0}).device,
     "power_1.7": load_target("rram_a").with_changes(device={"model": "power", "exponent": 1.7}).device,
 }
 

@@ -153,7 +153,7 @@ def compare_values(where: str, actual: Any, expected: Any, rtol: float, atol: fl
     """Differences between two attribute values: numbers within tolerance, everything else exactly.
 
     Tensors: same dtype and shape, values within ``rtol`` and ``atol`` times the tensor's largest
-    magnitude (conductances are ~1e-5 S, weights ~1: one absolute tolerance would not fit both).
+    magnitude (conductances are ~1e-7 S, weights ~1: one absolute tolerance would not fit both).
     """
     if isinstance(expected, torch.Tensor):
         if not isinstance(actual, torch.Tensor):

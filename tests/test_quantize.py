@@ -26,7 +26,7 @@ def quantized(model: nn.Module, x: torch.Tensor, target, pipeline="canonicalize,
 
 
 def test_differential_pairs_on_levels_reproduce_the_weights() -> None:
-    target = load_target("rram_a")  # 32 levels in [1, 100] µS
+    target = load_target("rram_a")  # 32 levels in [0.02, 2] µS
     c = target.conductance
     torch.manual_seed(0)
     w = torch.randn(7, 13)

@@ -1,6 +1,7 @@
 """The chip: target specs and device physics, and the chip layer the runtime and the passes share.
 
-``target``/``devices``/``config``: what a chip is (validated YAML). ``converters``, ``mapping``,
+``target``/``devices``/``config``: what a chip is (validated YAML); ``currents``: what its cells
+and columns carry when read, and the limits a target declares for that. ``converters``, ``mapping``,
 ``tiling``, ``lowering``, ``expansion``: its parts. The seams — ``column_solver``,
 ``input_encoding``, ``weight_encoding`` and the cost observers in ``observers`` — each an
 interface plus a registry. ``layer`` computes one crossbar layer, ``calibration`` holds the one

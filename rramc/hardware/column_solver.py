@@ -47,7 +47,8 @@ class Conductances:
     ``terms``, when given, are the cell pairs' ``ψ(G⁺) - ψ(G⁻)`` ``[terms, outputs, inputs]`` of the
     device's expansion at this ``dac_bits``/``tolerance``, computed straight from the weights
     (training's fast path; ``g_pos``/``g_neg`` are then empty): only a solver with
-    ``accepts_terms`` may be given such cells.
+    ``accepts_terms`` may be given such cells. ``weight_encoding`` says how the pairs sit in an
+    array (a solver of wires needs the cells' places).
     """
 
     g_pos: Tensor
@@ -61,6 +62,9 @@ class Conductances:
     tolerance: float
     read_noise_sigma: float = 0.0
     terms: Tensor | None = None
+    weight_encoding: str = "differential"  # how an array holds the pairs: where each cell sits (see wires)
+    row_place: Tensor | None = None  # places of the word lines and outputs in their arrays (see CrossbarOp)
+    col_place: Tensor | None = None
 
     def expansion(self, squared: bool = False) -> Expansion:
         """The device's expansion for these cells' voltages and accuracy."""
@@ -310,7 +314,7 @@ def column_currents(
 COLUMN_SOLVERS: Registry[type[ColumnSolver]] = Registry(
     what="column solver (wires model)",
     group="rramc.column_solvers",
-    builtins={"ideal": "rramc.hardware.column_solver:IdealWires"},
+    builtins={"ideal": "rramc.hardware.column_solver:IdealWires", "resistive": "rramc.hardware.wires:ResistiveWires"},
     error=TargetError,
     interface=ColumnSolver,
     name_attribute="model",

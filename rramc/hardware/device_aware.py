@@ -8,12 +8,14 @@ same :func:`~rramc.hardware.layer.mapped_layer` the compiler uses and computed b
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
+from rramc.hardware.column_solver import IdealWires
 from rramc.hardware.interpreter import Interpreter
 from rramc.hardware.layer import mapped_layer
 from rramc.hardware.mapping import MappingPlan
@@ -31,9 +33,12 @@ class InLoop:
     """the plan's DAC and ADC, on its tiles, ADC ranges tracked during training"""
     variation: bool = False
     """the target's programming variation, stuck cells and read noise, redrawn every step"""
+    wires: bool = False
+    """the target's wires (IR drop) on the plan's tiles; without it the model's wires are ideal"""
 
     def names(self) -> tuple[str, ...]:
-        return tuple(k for k, v in (("levels", self.levels), ("converters", self.converters), ("variation", self.variation)) if v)
+        return tuple(k for k, v in (("levels", self.levels), ("converters", self.converters), ("variation", self.variation),
+                                    ("wires", self.wires)) if v)
 
 
 class DeviceAwareNetwork(nn.Module):
@@ -47,6 +52,8 @@ class DeviceAwareNetwork(nn.Module):
     def __init__(self, graph: Graph, target: Target, plan: MappingPlan, input_ranges: dict[str, InputRange],
                  in_loop: InLoop = InLoop(), *, seed: int = 0, adc_momentum: float = 0.1) -> None:
         super().__init__()
+        if not in_loop.wires and target.wires.model != "ideal":
+            target = dataclasses.replace(target, wires=IdealWires())
         self.graph, self.target, self.plan, self.in_loop = graph, target, plan, in_loop
         self.input_ranges, self.adc_momentum = input_ranges, adc_momentum
         self.weights = nn.ParameterDict()
@@ -76,7 +83,7 @@ class DeviceAwareNetwork(nn.Module):
         bias = self.biases[node.name] if node.name in self.biases else None
         loop = self.in_loop
         layer = mapped_layer(node, self.weights[node.name], bias, self.target, self.plan, self.input_ranges[node.name],
-                             tiled=loop.converters, levels=loop.levels, converters=loop.converters,
+                             tiled=loop.converters or loop.wires, levels=loop.levels, converters=loop.converters,
                              adc_range=self.adc_ranges.get(node.name), generator=self.generator, variation=loop.variation)
         scale = self.input_ranges[node.name].scale
         phases = layer.phases(x, scale, self.generator)

@@ -43,6 +43,17 @@ class DeviceModel(ABC):
     def current(self, v: Tensor, g: Tensor | float) -> Tensor:
         """Cell current [A] for voltages ``v`` [V] and conductances ``g`` [S], elementwise."""
 
+    def slope(self, v: Tensor, g: Tensor | float) -> Tensor:
+        """Differential conductance ``∂I/∂V`` [S] at voltages ``v`` and conductances ``g``, elementwise.
+
+        What a circuit solver linearises the cell with; from autograd unless a model knows it.
+        """
+        with torch.enable_grad():
+            v = v.detach().requires_grad_(True)
+            current = self.current(v, g.detach() if isinstance(g, Tensor) else g)
+            (slope,) = torch.autograd.grad(current.sum(), v)
+        return slope
+
     def unit_current(self, v: Tensor) -> Tensor:
         """``g(V)`` of a separable model: the current of a 1 S cell."""
         if not self.separable:
@@ -91,6 +102,9 @@ class LinearDevice(DeviceModel):
     def current(self, v: Tensor, g: Tensor | float) -> Tensor:
         return v * g
 
+    def slope(self, v: Tensor, g: Tensor | float) -> Tensor:
+        return torch.ones_like(v) * g
+
 
 @dataclass(frozen=True)
 class SinhDevice(DeviceModel):
@@ -132,6 +146,9 @@ class SinhDevice(DeviceModel):
 
     def current(self, v: Tensor, g: Tensor | float) -> Tensor:
         return g * v_sinhc(v, self.b_per_volt)
+
+    def slope(self, v: Tensor, g: Tensor | float) -> Tensor:
+        return g * torch.cosh(v * self.b_per_volt)
 
     def unit_current(self, v: Tensor) -> Tensor:
         return v_sinhc(v, self.b_per_volt)
@@ -185,6 +202,10 @@ class StateDependentSinhDevice(DeviceModel):
     def current(self, v: Tensor, g: Tensor | float) -> Tensor:
         g = torch.as_tensor(g, dtype=v.dtype, device=v.device)
         return g * v_sinhc(v, self.b_of(g))
+
+    def slope(self, v: Tensor, g: Tensor | float) -> Tensor:
+        g = torch.as_tensor(g, dtype=v.dtype, device=v.device)
+        return g * torch.cosh(v * self.b_of(g))
 
 
 @dataclass(frozen=True)

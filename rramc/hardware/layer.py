@@ -136,7 +136,7 @@ class CrossbarLayer:
         cells = Conductances(g_pos, g_neg, TileGrid(op.row_splits, op.col_splits), Lowering.of(op), target.device,
                              target.crossbar.read_voltage, (c.g_min, c.g_max), op.dac_bits,
                              tolerance_for(op.adc_bits) if tolerance is None else tolerance,
-                             target.nonidealities.read_noise_sigma, terms)
+                             target.nonidealities.read_noise_sigma, terms, op.weight_encoding, op.row_place, op.col_place)
         solver = target.wires
         layer = cls(name, source, op, target, cells, solver, inputs, solver.prepare(cells))
         return layer.calibrated(op)
@@ -176,7 +176,10 @@ class CrossbarLayer:
         phases = []
         for sign, part in parts:
             for read in self.inputs.reads(part, scale, self.op.dac_bits):
-                currents = self.solver.read(self.state, read, generator)
+                try:
+                    currents = self.solver.read(self.state, read, generator)
+                except RuntimeSimulationError as exc:  # e.g. wires that did not converge: say which layer
+                    raise type(exc)(f"%{self.name} ({self.source}): {exc}") from None
                 for observer in observers:
                     observer.on_read(self, read, currents)
                 phases.append((sign * read.weight, currents))

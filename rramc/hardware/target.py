@@ -4,9 +4,9 @@ A target file has these sections (see ``targets/rram_a.yaml``)::
 
     name: rram_a
     device:        {model: sinh, nonlinearity_k: 7.5}     # the cell's I-V (see devices.py)
-    conductance:   {g_min: 2.0e-6, g_max: 1.0e-4, levels: 32}
+    conductance:   {g_min: 2.0e-8, g_max: 2.0e-6, levels: 32, compliance: 2.0e-5}   # S; A
     crossbar:      {rows: 128, cols: 128, weight_encoding: differential, input_encoding: amplitude,
-                    read_voltage: 1.0, dac_bits: 8, adc_bits: 8}
+                    read_voltage: 1.0, dac_bits: 8, adc_bits: 8, sense_range: 2.5e-3}   # V; A
     wires:         {model: ideal}                         # optional: the column solver
     nonidealities: {programming_sigma: 0.0, read_noise_sigma: 0.0, ...}   # optional, all 0
 
@@ -26,6 +26,7 @@ import yaml
 
 from rramc.errors import TargetError
 from rramc.hardware.config import Location, build, spec_field, to_mapping
+from rramc.hardware.currents import ReadCurrents, check_limits, read_currents
 from rramc.hardware.devices import DEVICE_MODELS, DeviceContext, DeviceModel
 
 if TYPE_CHECKING:
@@ -39,6 +40,10 @@ class ConductanceSpec:
     g_min: float = spec_field("lowest programmable conductance (high-resistance state)", unit="S", low=0.0, high=1.0)
     g_max: float = spec_field("highest programmable conductance (low-resistance state)", unit="S", low=0.0, low_open=True, high=1.0)
     levels: int | None = spec_field("programmable levels per cell, evenly spaced in G; null: continuous", low=2, high=65536, default=None)
+    compliance: float | None = spec_field(
+        "largest current a cell may carry at the read voltage (its access transistor / compliance limit); "
+        "null: not checked", unit="A", low=0.0, low_open=True, high=1.0, default=None,
+    )
 
     def __post_init__(self) -> None:
         if not self.g_max > self.g_min:
@@ -62,6 +67,10 @@ class CrossbarSpec:
     )
     dac_bits: int | None = spec_field("input DAC resolution; null: ideal (no quantisation, no clipping)", low=1, high=16, default=None)
     adc_bits: int | None = spec_field("signed ADC resolution per tile output; null: ideal", low=2, high=16, default=None)
+    sense_range: float | None = spec_field(
+        "largest column current the sense amplifier / ADC front end accepts (every cell at its largest current, "
+        "full-scale input); null: not checked", unit="A", low=0.0, low_open=True, high=1.0, default=None,
+    )
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,9 @@ class Target:
         device = _build_device(data["device"], top.child("device"), ctx)
         _check_encodings(crossbar, top.child("crossbar"))
         wires = _build_wires(data.get("wires") or {"model": "ideal"}, top.child("wires"))
-        return cls(name, device, conductance, crossbar, nonidealities, description, source, wires)
+        target = cls(name, device, conductance, crossbar, nonidealities, description, source, wires)
+        check_limits(target, top)
+        return target
 
     def to_mapping(self) -> dict[str, Any]:
         """A self-contained mapping that :meth:`from_mapping` turns back into an equal target."""
@@ -158,6 +169,10 @@ class Target:
         ``target.with_changes(crossbar={"adc_bits": 6}, device={"nonlinearity_k": 20})``; a
         ``device`` change with a ``model`` key replaces the device spec instead of merging.
         """
+        return Target.from_mapping(self.changed_mapping(**sections), f"{self.source} (modified)")
+
+    def changed_mapping(self, **sections: dict[str, Any]) -> dict[str, Any]:
+        """The mapping :meth:`with_changes` validates (not validated here)."""
         data = self.to_mapping()
         for section, changes in sections.items():
             if section in ("device", "wires") and "model" in changes:
@@ -166,7 +181,11 @@ class Target:
                 data[section] = _merge_device(data[section], changes)
             else:
                 data[section] = {**data.get(section, {}), **changes}
-        return Target.from_mapping(data, f"{self.source} (modified)")
+        return data
+
+    def read_currents(self) -> ReadCurrents:
+        """Its cells' currents at the read voltage and its worst-case column current (see ``currents.py``)."""
+        return read_currents(self)
 
     def describe(self) -> str:
         c, x = self.conductance, self.crossbar

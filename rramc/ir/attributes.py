@@ -100,6 +100,6 @@ class DeviceTraining(Attribute):
             raise ValueError(f"device_training.granularity = {self.granularity!r}, expected column or layer")
         if self.epochs < 0 or self.init not in ("finetune", "scratch"):
             raise ValueError(f"device_training: epochs {self.epochs}, init {self.init!r} (finetune or scratch)")
-        unknown = set(self.in_loop) - {"levels", "converters", "variation"}
+        unknown = set(self.in_loop) - {"levels", "converters", "variation", "wires"}
         if unknown:
             raise ValueError(f"device_training.in_loop has unknown {sorted(unknown)}")

@@ -362,7 +362,10 @@ class CrossbarOp(Op):
     signed), ``gain`` (A → output units, per output), ``adc_range`` (full-scale current of each
     tile's ADC, in A) and, when it fits the neuron to data, ``offset`` (added after the gain
     instead of ``bias``; ``bias`` stays the float layer's). ``trained_for`` is carried over from
-    the float layer (see :class:`Linear`).
+    the float layer (see :class:`Linear`). ``place`` may set ``row_place`` and ``col_place``
+    (int64, per word line and per output): where each sits in its tile's array, counted from the
+    array's sense amplifiers (rows) and from its drivers (outputs); unset, the matrix's order from
+    the array's first row and column. Only wires with resistance tell the places apart.
     """
 
     weight: Tensor
@@ -381,6 +384,8 @@ class CrossbarOp(Op):
     col_splits: tuple[int, ...] | None = None
     adc_range: Tensor | None = None
     trained_for: DeviceTraining | None = None
+    row_place: Tensor | None = None
+    col_place: Tensor | None = None
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -438,14 +443,30 @@ class CrossbarOp(Op):
             _check_splits("col_splits", self.col_splits, cols)
             if self.adc_range is not None and tuple(self.adc_range.shape) != self.grid:
                 raise ValueError(f"adc_range {list(self.adc_range.shape)} does not match the tile grid {list(self.grid)}")
+            for name, place, splits in (("row_place", self.row_place, self.row_splits), ("col_place", self.col_place, self.col_splits)):
+                _check_place(name, place, splits)
         elif self.adc_range is not None:
             raise ValueError("adc_range is set but the layer is not tiled")
+        elif self.row_place is not None or self.col_place is not None:
+            raise ValueError("row_place/col_place are set but the layer is not tiled")
         if self.adc_range is not None and not bool(torch.isfinite(self.adc_range).all() and (self.adc_range >= 0).all()):
             raise ValueError("adc_range must be finite and non-negative")
         for name in ("gain", "offset"):
             value = getattr(self, name)
             if value is not None and not bool(torch.isfinite(value).all()):
                 raise ValueError(f"{name} has non-finite values")
+
+
+def _check_place(name: str, place: Tensor | None, splits: tuple[int, ...] | None) -> None:
+    """A placement gives every block's rows (or outputs) distinct places 0..size-1 of the block."""
+    if place is None:
+        return
+    assert splits is not None
+    if place.dtype != torch.int64 or tuple(place.shape) != (splits[-1],):
+        raise ValueError(f"{name} must be int64 [{splits[-1]}], got {str(place.dtype).removeprefix('torch.')} {list(place.shape)}")
+    for a, b in zip(splits[:-1], splits[1:]):
+        if not torch.equal(place[a:b].sort().values, torch.arange(b - a)):
+            raise ValueError(f"{name}[{a}:{b}] is not a permutation of the places 0..{b - a - 1} of its tile")
 
 
 def _check_splits(name: str, splits: tuple[int, ...] | None, size: int) -> None:
