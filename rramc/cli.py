@@ -287,7 +287,7 @@ def sweep(
     read_voltage: Annotated[Optional[str], typer.Option("--read-voltage", help="read voltages [V] to sweep (g_min, g_max scaled "
                                                         "as for --k)")] = None,
     adc_bits: Annotated[Optional[str], typer.Option("--adc-bits", help="ADC resolutions to sweep")] = None,
-    axis: Annotated[Optional[list[str]], typer.Option("--axis", help="any field: section.field=v1,v2 (repeatable)")] = None,
+    axis: Annotated[Optional[list[str]], typer.Option("--axis", help="any field: section.field=v1,v2 (repeatable); crossbar.wire_resistance=0,0.5,1 sets word- and bit-line resistance [Ω per segment]")] = None,
     epochs: Annotated[int, typer.Option(help="reconstruction epochs at each point")] = 3,
     optimizer: Annotated[str, typer.Option(help="reconstruction optimizer: adam, or sgd (momentum 0.9)")] = "adam",
     lr: Annotated[Optional[float], typer.Option(help="reconstruction learning rate [default: 0.001 adam, 0.05 sgd]")] = None,

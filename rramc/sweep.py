@@ -20,7 +20,10 @@ from rramc.errors import RramcError, TargetError
 from rramc.hardware.target import Target, load_target
 from rramc.runtime.file_format import write_atomically
 
-AXIS_SHORTCUTS = {"k": "device.nonlinearity_k", "b": "device.b", "read_voltage": "crossbar.read_voltage", "adc_bits": "crossbar.adc_bits"}
+AXIS_SHORTCUTS = {"k": "device.nonlinearity_k", "b": "device.b", "read_voltage": "crossbar.read_voltage", "adc_bits": "crossbar.adc_bits",
+                  "wire_resistance": "crossbar.wire_resistance"}
+WIRE_RESISTANCE = "crossbar.wire_resistance"
+"""An axis that sets both wires.word_line_resistance and wires.bit_line_resistance [Ω per segment]."""
 METHODS = ("naive", "naive_least_squares", "reconstructed")
 
 
@@ -112,10 +115,16 @@ def grid_targets(base: Target, axes: dict[str, Sequence[Any]]) -> list[tuple[dic
         point = dict(zip(axes, combo))
         changes: dict[str, dict[str, Any]] = {}
         for name, value in point.items():
+            if name == WIRE_RESISTANCE:
+                changes.setdefault("wires", {}).update(word_line_resistance=value, bit_line_resistance=value)
+                continue
             section, _, key = name.partition(".")
-            if section not in ("device", "conductance", "crossbar", "nonidealities"):
-                raise TargetError(f"sweep axis {name}: unknown section '{section}'; use device, conductance, crossbar or nonidealities")
+            if section not in ("device", "conductance", "crossbar", "wires", "nonidealities"):
+                raise TargetError(f"sweep axis {name}: unknown section '{section}'; use device, conductance, crossbar, wires "
+                                  "or nonidealities")
             changes.setdefault(section, {})[key] = value
+        if "wires" in changes and "model" not in changes["wires"] and base.wires.model == "ideal":
+            changes["wires"]["model"] = "resistive"  # resistance on a target with ideal wires: give it resistive ones
         try:
             points.append((point, _grid_target(base, changes)))
         except TargetError as exc:

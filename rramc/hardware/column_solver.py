@@ -301,7 +301,7 @@ def column_currents(
     device's expansion must hold (default: the largest voltage and the conductances' range).
     """
     grid = grid or TileGrid((0, g_pos.shape[0]), (0, g_pos.shape[1]))
-    g = torch.cat([g_pos.reshape(-1), g_neg.reshape(-1)])
+    g = torch.cat([g_pos.detach().reshape(-1), g_neg.detach().reshape(-1)])
     window = window or (float(g.min()), float(g.max()))
     if window[1] <= window[0]:
         window = (window[0], window[0] * 1.001 + 1e-12)

@@ -42,6 +42,7 @@ All resistances zero: exactly the ideal wires.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -153,7 +154,7 @@ class ResistiveWires(ColumnSolver):
         outputs = cells.g_pos.shape[1]
         blocks = len(cells.grid.row_blocks)
         currents = vectors.new_zeros(blocks, vectors.shape[0], outputs)
-        for group in state.groups:
+        for group in state.groups if len(vectors) else ():
             v = vectors[:, group.rows].movedim(1, 0)  # [tiles, vectors, rows], in the arrays' row order
             if self.method == "first_order":
                 column, square = self._first_order(cells, group, v)
@@ -328,10 +329,7 @@ class ResistiveWires(ColumnSolver):
         kw = _word_line_kernel(columns, self.driver_resistance, self.word_line_resistance).to(g)
         drop = torch.einsum("cd,trdl->trcl", kw, psi)  # the word-line drop per unit drive φ_l
         word = dpsi[..., :, None] * drop[..., None, :]  # [tiles, rows, bit lines, slope terms, terms]
-        kb = _bit_line_kernel(rows, self.sense_resistance, self.bit_line_resistance)
-        eigenvalues, vectors = torch.linalg.eigh(kb)  # ascending; K_b is positive semi-definite
-        rank = min(rows, FIRST_ORDER_RANK)
-        projections = (vectors[:, -rank:] * eigenvalues[-rank:].clamp_min(0).sqrt()).to(g)  # [rows, rank]
+        projections = _bit_line_projections(rows, self.sense_resistance, self.bit_line_resistance).to(g)
         return {
             "current": current, "slope": slope,
             "psi": psi.permute(0, 1, 3, 2).reshape(len(g), -1, columns),  # [tiles, rows·terms, bit lines]
@@ -383,6 +381,14 @@ def _word_line_kernel(columns: int, driver: float, wire: float) -> Tensor:
     """``K_w(c, c')``: the drop at word-line node ``c`` per ampere drawn at node ``c'`` (driver at node 0)."""
     index = torch.arange(columns, dtype=torch.float64)
     return driver + wire * torch.minimum(index[:, None], index[None, :])
+
+
+@functools.lru_cache(maxsize=32)
+def _bit_line_projections(rows: int, sense: float, wire: float) -> Tensor:
+    """The leading eigenvectors of ``K_b``, each scaled by the root of its eigenvalue: [rows, rank]."""
+    eigenvalues, vectors = torch.linalg.eigh(_bit_line_kernel(rows, sense, wire))  # ascending; K_b is positive semi-definite
+    rank = min(rows, FIRST_ORDER_RANK)
+    return vectors[:, -rank:] * eigenvalues[-rank:].clamp_min(0).sqrt()
 
 
 def _bit_line_kernel(rows: int, sense: float, wire: float) -> Tensor:
