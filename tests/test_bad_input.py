@@ -509,7 +509,7 @@ def test_run_with_a_bad_batch_size(files: dict[str, Path], tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("pipeline, words", [
-    ("canonicalize,bogus,tile,emit", ["unknown pass 'bogus'", "known: calibrate, canonicalize, emit, quantize, reconstruct, tile"]),
+    ("canonicalize,bogus,tile,emit", ["unknown pass 'bogus'", "known: calibrate, canonicalize, emit, place, quantize, reconstruct, tile"]),
     ("canonicalize,quantize{lvls=8},tile,calibrate,emit", ["pass 'quantize' has no option 'lvls'", "levels", "dac_bits"]),
     ("canonicalize,quantize{levels=eight},tile,calibrate,emit", ["pass 'quantize' option 'levels'", "int", "'eight'"]),
     ("canonicalize,tile{balance=maybe},quantize,calibrate,emit", ["option 'balance'", "true or false", "'maybe'"]),

@@ -361,7 +361,7 @@ def test_a_plugin_column_solver_is_configured_validated_and_saved_like_a_builtin
     torch.testing.assert_close(loaded(x), exe(x), rtol=0, atol=0)
     COLUMN_SOLVERS.unregister("brute_force")
     try:
-        with pytest.raises(ExecutableFormatError, match="got 'brute_force'; expected one of ideal"):
+        with pytest.raises(ExecutableFormatError, match="got .brute_force.; expected one of ideal, resistive"):
             rramc.load_executable(tmp_path / "brute.rramx")
     finally:
         COLUMN_SOLVERS.register("brute_force", BruteForceWires)

@@ -41,7 +41,7 @@ def test_pipeline_text_round_trips_with_typed_options() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("canonicalize,fold", "unknown pass 'fold'; known: calibrate, canonicalize, emit, quantize, reconstruct, tile"),
+        ("canonicalize,fold", "unknown pass 'fold'; known: calibrate, canonicalize, emit, place, quantize, reconstruct, tile"),
         ("tile{rows=64,colz=3}", "pass 'tile' has no option 'colz'; its options: rows, cols, balance"),
         ("tile{rows=sixty}", "pass 'tile' option 'rows': expected int\\?, got 'sixty'"),
         ("tile{balance=maybe}", "expected true or false"),

@@ -195,7 +195,9 @@ class Target:
         device = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.device.to_mapping().items()
                            if not isinstance(v, list))
         encodings = x.weight_encoding + ("" if x.input_encoding == "amplitude" else f", {x.input_encoding} inputs")
-        wires = "" if self.wires.model == "ideal" else f"; wires: {self.wires.model}"
+        wire_fields = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                for k, v in self.wires.to_mapping().items() if k != "model")
+        wires = "" if self.wires.model == "ideal" else f"; wires: {self.wires.model}" + (f" ({wire_fields})" if wire_fields else "")
         return (f"{self.name}: {device}; G {c.g_min * 1e6:g}-{c.g_max * 1e6:g} µS ({levels}); "
                 f"{x.rows}×{x.cols} arrays ({encodings}); Vread {x.read_voltage:g} V; {dac}; {adc}{wires}")
 
