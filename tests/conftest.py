@@ -1,6 +1,9 @@
-"""Shared fixtures: the digits data and small trained networks (trained once per session)."""
+"""Shared fixtures: the digits data, small trained networks (trained once per session), ngspice."""
 
 from __future__ import annotations
+
+import os
+import shutil
 
 import pytest
 import torch
@@ -47,3 +50,14 @@ def residual_cnn() -> nn.Module:
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.1, 0.1)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def ngspice() -> str:
+    """The circuit simulator's path; missing, the test skips, or fails under RRAMC_REQUIRE_NGSPICE=1 (CI)."""
+    path = shutil.which("ngspice")
+    if path is None:
+        if os.environ.get("RRAMC_REQUIRE_NGSPICE") == "1":
+            pytest.fail("ngspice is not on PATH but RRAMC_REQUIRE_NGSPICE=1 requires the circuit-simulator reference")
+        pytest.skip("ngspice is not on PATH (set RRAMC_REQUIRE_NGSPICE=1 to make this a failure)")
+    return path

@@ -13,11 +13,9 @@ ngspice missing: the tests skip, unless ``RRAMC_REQUIRE_NGSPICE=1`` (CI), where 
 
 from __future__ import annotations
 
-import math
-import os
 import re
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,11 +24,16 @@ import torch.nn as nn
 
 import rramc
 from rramc.hardware.column_solver import column_currents
-from rramc.hardware.devices import DeviceModel, LinearDevice, PowerDevice, SinhDevice, StateDependentSinhDevice
+from rramc.hardware.devices import DeviceModel, LinearDevice, SinhDevice, StateDependentSinhDevice
 from rramc.hardware.expansion import IDEAL_TOLERANCE, device_expansion, tolerance_for
 from rramc.hardware.target import load_target
 from rramc.hardware.tiling import TileGrid
 from rramc.ir import CrossbarOp
+
+BENCH = str(Path(__file__).resolve().parent.parent / "bench")
+if BENCH not in sys.path:
+    sys.path.insert(0, BENCH)
+from spice_netlist import cell_expression, num  # noqa: E402  (the B-source of each device, shared with the wires tests)
 
 RTOL = 1e-6
 ATOL = 2e-15  # A; column currents here are 2e-7..2e-5 A
@@ -41,51 +44,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:calibrated on .* sample:rramc.er
 # --------------------------------------------------------------------------------------------
 # ngspice driver
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ngspice() -> str:
-    path = shutil.which("ngspice")
-    if path is None:
-        if os.environ.get("RRAMC_REQUIRE_NGSPICE") == "1":
-            pytest.fail("ngspice is not on PATH but RRAMC_REQUIRE_NGSPICE=1 requires the circuit-simulator reference")
-        pytest.skip("ngspice is not on PATH (set RRAMC_REQUIRE_NGSPICE=1 to make this a failure)")
-    return path
-
-
-def _num(x: float) -> str:
-    """A float as SPICE reads it back exactly (no SI suffixes: 'm' would mean milli)."""
-    return repr(float(x)) if math.isfinite(x) else "0"
-
-
-def _sinh_b(k: float, voltage: float) -> float:
-    # I(V)/I(V/2) = sinh(BV)/sinh(BV/2) = 2 cosh(BV/2) = k  =>  B = 2 acosh(k/2) / V
-    return 2.0 * math.acosh(k / 2.0) / voltage
-
-
-def _state_b(device: StateDependentSinhDevice, g: float) -> float:
-    """B(G) from the documented rule: linear in log G between g_hrs and g_lrs, held outside."""
-    b_hrs = _sinh_b(device.nonlinearity_k_hrs, device.k_voltage)
-    b_lrs = _sinh_b(device.nonlinearity_k_lrs, device.k_voltage)
-    t = (math.log(g) - math.log(device.g_hrs)) / (math.log(device.g_lrs) - math.log(device.g_hrs))
-    t = min(max(t, 0.0), 1.0)
-    return b_hrs + t * (b_lrs - b_hrs)
-
-
-def _cell_expression(device: DeviceModel, g: float, v: str) -> str:
-    """The cell current [A] as a SPICE expression of the branch voltage ``v``."""
-    if isinstance(device, LinearDevice):
-        return f"{_num(g)}*{v}"
-    if isinstance(device, SinhDevice):
-        b = device.b if device.b is not None else _sinh_b(device.nonlinearity_k, device.k_voltage)
-        return f"{_num(g)}*{v}" if b == 0 else f"{_num(g / b)}*sinh({_num(b)}*{v})"
-    if isinstance(device, StateDependentSinhDevice):
-        b = _state_b(device, g)
-        return f"{_num(g / b)}*sinh({_num(b)}*{v})"
-    if isinstance(device, PowerDevice):
-        # pwr(x, a) = sign(x)·|x|^a in ngspice
-        return f"{_num(g * device.v_ref)}*pwr({v}/{_num(device.v_ref)},{_num(device.exponent)})"
-    raise NotImplementedError(f"no SPICE expression for device model {device.model}")
 
 
 _PRINTED = re.compile(r"^\s*(i\([^)\s]+\))\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$", re.IGNORECASE | re.MULTILINE)
@@ -103,13 +61,13 @@ def spice_column_currents(ngspice: str, workdir: Path, device: DeviceModel,
         rows, cols = g.shape
         assert v.shape == (rows,)
         for i in range(rows):
-            lines.append(f"vwl_{a}_{i} wl_{a}_{i} 0 DC {_num(v[i])}")
+            lines.append(f"vwl_{a}_{i} wl_{a}_{i} 0 DC {num(v[i])}")
         names = []
         for j in range(cols):
             lines.append(f"vsa_{a}_{j} bl_{a}_{j} 0 DC 0")
             names.append(f"i(vsa_{a}_{j})")
             for i in range(rows):
-                expr = _cell_expression(device, float(g[i, j]), f"V(wl_{a}_{i},bl_{a}_{j})")
+                expr = cell_expression(device, float(g[i, j]), f"V(wl_{a}_{i},bl_{a}_{j})")
                 lines.append(f"bcell_{a}_{i}_{j} wl_{a}_{i} bl_{a}_{j} I = {expr}")
         senses.append(names)
     lines += [

@@ -15,8 +15,6 @@ ngspice missing: the tests skip, unless ``RRAMC_REQUIRE_NGSPICE=1`` (CI), where 
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -39,16 +37,6 @@ RTOL = 1e-6  # of the largest sense current: a differential output may cancel to
 WINDOW = (2e-8, 2e-6)  # S: the conductances drawn
 VECTORS = 3  # input vectors per tile, uniform in 0..1 V
 TIGHTER_OPTIONS = "reltol=1e-10 abstol=1e-16 vntol=1e-13"  # tenfold spice_netlist.TIGHT_OPTIONS (ngspice gives up at reltol=1e-12)
-
-
-@pytest.fixture(scope="module")
-def ngspice() -> str:
-    path = shutil.which("ngspice")
-    if path is None:
-        if os.environ.get("RRAMC_REQUIRE_NGSPICE") == "1":
-            pytest.fail("ngspice is not on PATH but RRAMC_REQUIRE_NGSPICE=1 requires the circuit-simulator reference")
-        pytest.skip("ngspice is not on PATH (set RRAMC_REQUIRE_NGSPICE=1 to make this a failure)")
-    return path
 
 
 def _table_device() -> TableDevice:
