@@ -21,11 +21,12 @@ Two methods:
     Kirchhoff's current law at every node, solved by nonlinear block Gauss-Seidel: all word
     lines at once for the present bit-line voltages, then all bit lines for the new word-line
     voltages, each line a tridiagonal system of the cells linearised at the present voltages
-    (one Newton step per line and sweep). The network of a tile with passive, monotone cells is
-    a symmetric M-matrix at every linearisation, for which this iteration converges to the
-    circuit's solution; it starts from the ideal-wire voltages and stops when no node voltage
-    moved by more than ``tolerance`` times the read voltage. It is checked against ngspice.
-    Not converged within ``max_iterations``: an error naming the tile and the last change.
+    (one Newton step per line and sweep). Linearised, a tile with passive, monotone cells is a
+    symmetric positive-definite M-matrix, for which block Gauss-Seidel converges; with nonlinear
+    cells it is a local argument, so convergence is checked, not assumed. It starts from the
+    ideal-wire voltages and stops when no node voltage moved by more than ``tolerance`` times the
+    read voltage; it runs in float64. It is checked against ngspice. Not converged within
+    ``max_iterations``: an error naming the tile and the last change.
 
 ``first_order``
     The ideal-wire currents, corrected to first order in the wire resistances: each cell's
@@ -33,9 +34,9 @@ Two methods:
     ``I ≈ I_ideal - Σ_i ∂I/∂V (δ_word + δ_bit)``. Computed with matmuls only (no per-cell state:
     the word-line term through one precomputed matrix per pair of expansion terms, the bit-line
     term through the leading eigenvectors of the bit line's kernel), so it is fast and
-    differentiable; it is
-    accurate while the drops are small against the read voltage (its error against ``exact`` is
-    measured in ``bench/wires_solver.py`` and the README).
+    differentiable; it is accurate while the drops are small against the read voltage (its
+    error against ``exact`` is measured in ``bench/wires_solver.py``, ``bench/wires_runtime.py``
+    and the README).
 
 All resistances zero: exactly the ideal wires.
 """
