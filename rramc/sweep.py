@@ -20,10 +20,10 @@ from rramc.errors import RramcError, TargetError
 from rramc.hardware.target import Target, load_target
 from rramc.runtime.file_format import write_atomically
 
-AXIS_SHORTCUTS = {"k": "device.nonlinearity_k", "b": "device.b", "read_voltage": "crossbar.read_voltage", "adc_bits": "crossbar.adc_bits",
-                  "wire_resistance": "crossbar.wire_resistance"}
 WIRE_RESISTANCE = "crossbar.wire_resistance"
 """An axis that sets both wires.word_line_resistance and wires.bit_line_resistance [Ω per segment]."""
+AXIS_SHORTCUTS = {"k": "device.nonlinearity_k", "b": "device.b", "read_voltage": "crossbar.read_voltage", "adc_bits": "crossbar.adc_bits",
+                  "wire_resistance": WIRE_RESISTANCE}
 METHODS = ("naive", "naive_least_squares", "reconstructed")
 
 

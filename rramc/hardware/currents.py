@@ -113,12 +113,10 @@ def with_read_current(base: Target, **changes: dict[str, Any]) -> Target:
     What a sweep over the nonlinearity or the read voltage compares: at the same zero-bias window a
     ``k = 70`` cell carries 43 times a ``k = 7.5`` one, more than any access transistor passes.
     """
-    from rramc.hardware.target import Target
-
     data = base.changed_mapping(**changes)
     unlimited = {**data, "conductance": {**data["conductance"], "compliance": None},
                  "crossbar": {**data["crossbar"], "sense_range": None}}
-    variant = Target.from_mapping(unlimited, f"{base.source} (modified)")
+    variant = _from_mapping(base, unlimited)
     factor = read_currents(base).cell_max / read_currents(variant).cell_max
     return _from_mapping(base, _scaled(data, factor))
 

@@ -245,8 +245,11 @@ class ResistiveWires(ColumnSolver):
             bit = torch.zeros_like(word)
             change = math.inf
             for _ in range(self.max_iterations):
-                new_word = self._word_lines(device, g, source, word, bit)
-                new_bit = self._bit_lines(device, g, new_word, bit)
+                # all word lines (along the bit lines' index), then all bit lines (transposed: along the rows)
+                new_word = _line_step(device, g, word - bit, word, self.word_line_resistance, self.driver_resistance,
+                                      source, at_start=True, sign=1.0)
+                new_bit = _line_step(device, g.mT, (new_word - bit).mT, bit.mT, self.bit_line_resistance, self.sense_resistance,
+                                     0.0, at_start=False, sign=-1.0).mT
                 change = float(torch.maximum((new_word - word).abs().amax(), (new_bit - bit).abs().amax()))
                 word, bit = new_word, new_bit
                 if not math.isfinite(change):
@@ -264,52 +267,6 @@ class ResistiveWires(ColumnSolver):
         cell = device.current(word - bit, g)
         square = (cell * cell).sum(2).to(dtype) if cells.read_noise_sigma > 0 else None
         return cell.sum(2).to(dtype), square
-
-    def _word_lines(self, device: DeviceModel, g: Tensor, source: Tensor, word: Tensor, bit: Tensor) -> Tensor:
-        """One Newton step of every word line for fixed bit-line voltages."""
-        if self.word_line_resistance == 0 and self.driver_resistance == 0:
-            return word
-        v = word - bit
-        i0, slope = device.current(v, g), device.slope(v, g)
-        if self.word_line_resistance == 0:  # one node per word line
-            g_driver = 1.0 / self.driver_resistance
-            node = (g_driver * source - (i0 - slope * word).sum(-1)) / (g_driver + slope.sum(-1))
-            return node[..., None].expand_as(word).clone()
-        g_wire = 1.0 / self.word_line_resistance
-        diag = slope + 2 * g_wire
-        diag[..., -1] -= g_wire  # the far end has one neighbour
-        rhs = slope * word - i0
-        first_fixed = self.driver_resistance == 0
-        if first_fixed:  # the driver holds the first node at the source voltage
-            diag[..., 0] = 1.0
-            rhs[..., 0] = source
-        else:
-            g_driver = 1.0 / self.driver_resistance
-            diag[..., 0] += g_driver - g_wire
-            rhs[..., 0] += g_driver * source
-        return _tridiagonal(diag, rhs, -g_wire, first_fixed=first_fixed, last_fixed=False)
-
-    def _bit_lines(self, device: DeviceModel, g: Tensor, word: Tensor, bit: Tensor) -> Tensor:
-        """One Newton step of every bit line for fixed word-line voltages."""
-        if self.bit_line_resistance == 0 and self.sense_resistance == 0:
-            return bit
-        v = word - bit
-        i0, slope = device.current(v, g), device.slope(v, g)
-        if self.bit_line_resistance == 0:  # one node per bit line
-            g_sense = 1.0 / self.sense_resistance
-            node = (i0 + slope * bit).sum(-2) / (g_sense + slope.sum(-2))
-            return node[..., None, :].expand_as(bit).clone()
-        g_wire = 1.0 / self.bit_line_resistance
-        diag = (slope + 2 * g_wire).transpose(-1, -2).contiguous()  # [..., bit lines, rows]: solved along rows
-        rhs = (i0 + slope * bit).transpose(-1, -2).contiguous()
-        diag[..., 0] -= g_wire  # the far end has one neighbour
-        last_fixed = self.sense_resistance == 0
-        if last_fixed:  # the sense amplifier holds the last node at 0 V
-            diag[..., -1] = 1.0
-            rhs[..., -1] = 0.0
-        else:
-            diag[..., -1] += 1.0 / self.sense_resistance - g_wire
-        return _tridiagonal(diag, rhs, -g_wire, first_fixed=False, last_fixed=last_fixed).transpose(-1, -2)
 
     # --- first order -------------------------------------------------------------------------------
 
@@ -331,11 +288,13 @@ class ResistiveWires(ColumnSolver):
         drop = torch.einsum("cd,trdl->trcl", kw, psi)  # the word-line drop per unit drive φ_l
         word = dpsi[..., :, None] * drop[..., None, :]  # [tiles, rows, bit lines, slope terms, terms]
         projections = _bit_line_projections(rows, self.sense_resistance, self.bit_line_resistance).to(g)
+        squared = cells.expansion(squared=True) if cells.read_noise_sigma > 0 else None  # read noise: of the ideal-wire currents
         return {
-            "current": current, "slope": slope,
+            "current": current, "slope": slope, "squared": squared,
             "psi": psi.permute(0, 1, 3, 2).reshape(len(g), -1, columns),  # [tiles, rows·terms, bit lines]
             "dpsi": dpsi.permute(0, 1, 3, 2).reshape(len(g), -1, columns),
             "word": word.permute(0, 1, 3, 4, 2).reshape(len(g), -1, columns),
+            "psi_squared": None if squared is None else squared.conductance(g).permute(0, 1, 3, 2).reshape(len(g), -1, columns),
             "projections": projections,
         }
 
@@ -352,12 +311,8 @@ class ResistiveWires(ColumnSolver):
         slope_side = torch.bmm((dphi[:, None] * p.T[None, :, None, :, None]).reshape(tiles, rank * vectors, -1), m["dpsi"])
         current_side = torch.bmm((phi[:, None] * p.T[None, :, None, :, None]).reshape(tiles, rank * vectors, -1), m["psi"])
         bit = (slope_side * current_side).reshape(tiles, rank, vectors, -1).sum(1)
-        square = None
-        if cells.read_noise_sigma > 0:  # the noise of the ideal-wire currents
-            sq = cells.expansion(squared=True)
-            g = group.g
-            square = torch.bmm(sq.voltage(v).reshape(tiles, vectors, -1),
-                               sq.conductance(g).permute(0, 1, 3, 2).reshape(tiles, -1, g.shape[-1]))
+        squared = m["squared"]
+        square = None if squared is None else torch.bmm(squared.voltage(v).reshape(tiles, vectors, -1), m["psi_squared"])
         return ideal - word - bit, square
 
 
@@ -367,12 +322,10 @@ class _SlopeOf(DeviceModel):
 
     device: DeviceModel
     model: ClassVar[str] = "slope"
-    separable: ClassVar[bool] = False  # replaced per instance below
 
-    def __getattribute__(self, name: str) -> Any:
-        if name == "separable":
-            return object.__getattribute__(self, "device").separable
-        return object.__getattribute__(self, name)
+    @property  # type: ignore[override]
+    def separable(self) -> bool:  # a separable device's slope is G·g'(V): separable too
+        return self.device.separable
 
     def current(self, v: Tensor, g: Tensor | float) -> Tensor:
         return self.device.slope(v, g)
@@ -396,6 +349,37 @@ def _bit_line_kernel(rows: int, sense: float, wire: float) -> Tensor:
     """``K_b(i, m)``: the rise at bit-line node ``i`` per ampere injected at node ``m`` (sense at the last row)."""
     index = torch.arange(rows, dtype=torch.float64)
     return sense + wire * (rows - 1 - torch.maximum(index[:, None], index[None, :]))
+
+
+def _line_step(device: DeviceModel, g: Tensor, v: Tensor, x: Tensor, wire: float, end: float, end_voltage: Tensor | float,
+               *, at_start: bool, sign: float) -> Tensor:
+    """One Newton step of every line, for fixed voltages at the cells' other terminals.
+
+    The lines run along the last dimension of ``x`` (their node voltages); cells ``g`` at voltages
+    ``v`` draw ``sign·I(v)`` out of the nodes (+1 on a word line, -1 on a bit line). Neighbouring
+    nodes are ``wire`` Ω apart; the end node (the first when ``at_start``, else the last) meets
+    ``end_voltage`` through ``end`` Ω (0: held at it). Linearised, ``(L + diag(∂I/∂V))·x_new =
+    ∂I/∂V·x - sign·I + the end's injection``: tridiagonal, or one node when ``wire`` is 0.
+    """
+    if wire == 0 and end == 0:
+        return x
+    i0, slope = device.current(v, g), device.slope(v, g)
+    rhs = slope * x - sign * i0
+    if wire == 0:  # one node per line
+        g_end = 1.0 / end
+        node = (g_end * end_voltage + rhs.sum(-1)) / (g_end + slope.sum(-1))
+        return node[..., None].expand_as(x).clone()
+    g_wire = 1.0 / wire
+    diag = slope + 2 * g_wire
+    at, far = (0, -1) if at_start else (-1, 0)
+    diag[..., far] -= g_wire  # the far end has one neighbour
+    if end == 0:  # the driver (sense amplifier) holds the end node at its voltage
+        diag[..., at] = 1.0
+        rhs[..., at] = end_voltage
+    else:
+        diag[..., at] += 1.0 / end - g_wire
+        rhs[..., at] += end_voltage / end
+    return _tridiagonal(diag, rhs, -g_wire, first_fixed=at_start and end == 0, last_fixed=not at_start and end == 0)
 
 
 def _tridiagonal(diag: Tensor, rhs: Tensor, off: float, *, first_fixed: bool, last_fixed: bool) -> Tensor:
