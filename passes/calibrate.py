@@ -58,6 +58,11 @@ class Calibrate(Pass):
             raise PassError(f"calibration samples have shape {list(data.shape[1:])}, the network takes {list(graph_input.shape)}")
         if not bool(torch.isfinite(data).all()):
             raise PassError("the calibration samples contain NaN or infinite values")
+        if bool((data == data[0]).all()):
+            what = "all zero" if not bool(data.any()) else ("one sample" if len(data) == 1 else "all equal")
+            if what != "one sample":
+                ctx.warn(f"the calibration samples are {what}: every input and ADC range comes from one input pattern, and the "
+                         "chip's accuracy on real data will be poor; calibrate on representative data")
         if len(data) < FEW_SAMPLES:
             ctx.warn(f"calibrated on {len(data)} sample(s): input and ADC ranges from so few samples clip other inputs; "
                      "give calibration data (calibration_data=..., or --calibration DATASET)")

@@ -4,27 +4,64 @@
     target = rramc.load_target("rram_a")
     exe = rramc.compile(model, target, example_input, calibration_data=batch, input_range=(0, 1))
     report = exe.run(rramc.load_dataset("digits"))
+
+The names below are imported on first use (PEP 562), so that ``import rramc.errors`` — and the
+command line's ``--help`` — do not pay for torch.
 """
 
-from rramc._version import __version__
-from rramc.datasets import Dataset, load_dataset
-from rramc.driver import compile, compile_file
-from rramc.errors import RramcError, RramcWarning
-from rramc.hardware import (
-    COLUMN_SOLVERS, COST_OBSERVERS, DEVICE_MODELS, INPUT_ENCODINGS, WEIGHT_ENCODINGS, ColumnSolver, CostObserver, DeviceModel,
-    InputEncoding, Observer, Target, WeightEncoding, builtin_targets, load_target,
-)
-from rramc.ir import Graph
-from rramc.pipeline import (
-    PASSES, PIPELINES, CompileContext, Pass, PassInstrument, PassManager, default_pipeline, named_pipeline, parse_pipeline,
-)
-from rramc.runtime.executable import Executable, load_executable
-from rramc.runtime.report import Report
+from __future__ import annotations
 
-__all__ = [
-    "COLUMN_SOLVERS", "COST_OBSERVERS", "DEVICE_MODELS", "INPUT_ENCODINGS", "PASSES", "PIPELINES", "WEIGHT_ENCODINGS",
-    "ColumnSolver", "CompileContext", "CostObserver", "Dataset", "DeviceModel", "Executable", "Graph", "InputEncoding",
-    "Observer", "Pass", "PassInstrument", "PassManager", "Report", "RramcError", "RramcWarning", "Target", "WeightEncoding",
-    "__version__", "builtin_targets", "compile", "compile_file", "default_pipeline", "load_dataset", "load_executable",
-    "load_target", "named_pipeline", "parse_pipeline",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from rramc._version import __version__
+from rramc.errors import RramcError, RramcWarning
+
+_LAZY = {
+    "rramc.datasets": ["Dataset", "load_dataset"],
+    "rramc.driver": ["compile", "compile_file"],
+    "rramc.hardware": ["COLUMN_SOLVERS", "COST_OBSERVERS", "DEVICE_MODELS", "INPUT_ENCODINGS", "WEIGHT_ENCODINGS", "ColumnSolver",
+                       "CostObserver", "DeviceModel", "InputEncoding", "Observer", "Target", "WeightEncoding", "builtin_targets",
+                       "load_target"],
+    "rramc.ir": ["Graph"],
+    "rramc.pipeline": ["PASSES", "PIPELINES", "CompileContext", "Pass", "PassInstrument", "PassManager", "default_pipeline",
+                       "named_pipeline", "option", "parse_pipeline"],
+    "rramc.runtime.executable": ["Executable", "load_executable"],
+    "rramc.runtime.report": ["Report"],
+}
+_SUBMODULES = {"cli", "datasets", "device_fit", "device_plot", "driver", "errors", "frontend", "hardware", "ir", "pipeline", "registry",
+               "runtime", "sweep", "training"}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+__all__ = sorted([*_WHERE, "RramcError", "RramcWarning", "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None and name in _SUBMODULES:
+        return importlib.import_module(f"rramc.{name}")
+    if module is None:
+        raise AttributeError(f"module 'rramc' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:
+    from rramc.datasets import Dataset, load_dataset
+    from rramc.driver import compile, compile_file
+    from rramc.hardware import (
+        COLUMN_SOLVERS, COST_OBSERVERS, DEVICE_MODELS, INPUT_ENCODINGS, WEIGHT_ENCODINGS, ColumnSolver, CostObserver,
+        DeviceModel, InputEncoding, Observer, Target, WeightEncoding, builtin_targets, load_target,
+    )
+    from rramc.ir import Graph
+    from rramc.pipeline import (
+        PASSES, PIPELINES, CompileContext, Pass, PassInstrument, PassManager, default_pipeline, named_pipeline, option,
+        parse_pipeline,
+    )
+    from rramc.runtime.executable import Executable, load_executable
+    from rramc.runtime.report import Report

@@ -26,6 +26,9 @@ errors = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+SEED_MAX = 2**63 - 1
+"""torch generators take seeds up to a signed 64-bit integer."""
+
 
 def reports_errors(command: F) -> F:
     """Print rramc's own errors as one message without a traceback, and exit 1."""
@@ -77,7 +80,7 @@ def compile(
     skip: Annotated[Optional[list[str]], typer.Option("--skip", help="skip a pass of the pipeline (repeatable)")] = None,
     print_ir: Annotated[bool, typer.Option("--print-ir", help="print the IR after every pass")] = False,
     time_passes: Annotated[bool, typer.Option("--time-passes", help="print how long each pass took")] = False,
-    seed: Annotated[int, typer.Option(help="seed for passes that draw random numbers", min=0)] = 0,
+    seed: Annotated[int, typer.Option(help="seed for passes that draw random numbers", min=0, max=SEED_MAX)] = 0,
     reconstruct: Annotated[bool, typer.Option("--reconstruct", help="retrain the network through the target's device I-V (Kim et al.)")] = False,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="training data set for --reconstruct [default: the calibration data set]")] = None,
     epochs: Annotated[int, typer.Option(help="--reconstruct: training epochs")] = 3,
@@ -87,20 +90,28 @@ def compile(
     init: Annotated[str, typer.Option(help="--reconstruct: finetune the trained weights or train from scratch")] = "finetune",
     train_samples: Annotated[Optional[int], typer.Option(help="--reconstruct: use at most this many training samples")] = None,
     in_loop: Annotated[Optional[str], typer.Option(help="--reconstruct: also train through levels,converters,variation,wires (comma-separated)")] = None,
+    pass_files: Annotated[Optional[list[Path]], typer.Option("--pass-file", help="a local .py file defining rramc.Pass subclasses, usable in --passes (repeatable; runs its code)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing output that is not an executable compiled from MODEL")] = False,
 ) -> None:
     """Compile MODEL for a target into one executable file."""
     import warnings
 
+    output = output if output is not None else Path(model.name).with_suffix(".rramx")
+    check_output(output, "--output", "executable", force, inputs=(model, target), source=model)
+    if calibration_samples < 1:
+        raise RramcError(f"--calibration-samples {calibration_samples}: need at least 1 sample to calibrate on")
+
     from rramc.driver import compile_file
-    from rramc.pipeline import PIPELINES, PassTimings, PrintIR
+    from rramc.pipeline import PIPELINES, PassTimings, PrintIR, load_pass_file
+
+    for path in pass_files or ():
+        load_pass_file(path)
 
     if pipeline is not None and passes is not None:
         raise RramcError("give --pipeline NAME or --passes TEXT, not both")
     if pipeline is not None and pipeline not in PIPELINES.names():
         raise RramcError(f"--pipeline {pipeline!r}: unknown pipeline; known: {', '.join(PIPELINES.names())} "
                          "(a list of passes goes to --passes)")
-    output = output or Path(model.name).with_suffix(".rramx")
-    _refuse_overwriting(output, model, target)
     training = {"epochs": (epochs, 3), "optimizer": (optimizer, "adam"), "lr": (lr, None), "batch-size": (batch_size, 128),
                 "init": (init, "finetune"), "train-samples": (train_samples, None), "in-loop": (in_loop, None)}
     if pipeline == "reconstruct":  # the named pipeline is what --reconstruct runs: its options apply
@@ -127,20 +138,48 @@ def compile(
     exe.save(output)
     spec = exe.target.crossbar
     console.print(f"wrote {output}: {exe.array_count()} arrays of {spec.rows}×{spec.cols} "
-                  f"for target {exe.target.name} ({exe.metadata['compile_seconds']:.2f} s)")
+                  f"for target {exe.target.name} ({exe.compile_seconds or 0:.2f} s)")
     if time_passes:
         table = Table("pass", "seconds")
-        for name, seconds in timings.timings:
+        for name, seconds in exe.pass_seconds.items():
             table.add_row(name, f"{seconds:.4f}")
         console.print(table)
 
 
-def _refuse_overwriting(output: Path, *inputs: Path | str) -> None:
-    """An output must not replace one of the command's own input files."""
-    for path in inputs:
-        path = Path(path)
-        if path.exists() and output.exists() and output.resolve() == path.resolve():
-            raise RramcError(f"--output {output} is an input of this command ({path}); choose another output file")
+def check_output(path: Path, option: str, kind: str, force: bool, *, inputs: tuple[Path | str, ...] = (),
+                 source: Path | None = None) -> None:
+    """Refuse, before any work, an output file that cannot be written or must not be replaced.
+
+    Never one of the command's own inputs; never a folder or a file in a missing folder; an
+    existing file only when it is of the same ``kind`` (see :func:`rramc.outputs.kind_of`) and,
+    for an executable, compiled from a model of the same name as ``source`` — otherwise only with
+    ``--force``: ``model.pt`` and ``model.pt2`` both default to ``model.rramx``.
+    """
+    from rramc.outputs import describe_kind, executable_source, kind_of
+
+    if str(path) in ("", "."):
+        raise RramcError(f"{option} is empty: give a file name")
+    if path.is_dir():
+        raise RramcError(f"{option} {path} is a folder: give a file name inside it")
+    if not path.parent.is_dir():
+        raise RramcError(f"{option} {path}: folder {path.parent} does not exist")
+    if not path.exists():
+        return
+    for given in inputs:
+        given = Path(given)
+        if given.exists() and path.resolve() == given.resolve():
+            raise RramcError(f"{option} {path} is an input of this command ({given}); choose another output file")
+    if force:
+        return
+    found = kind_of(path)
+    if found != kind:
+        raise RramcError(f"{option} {path} exists and is {describe_kind(found)}, not {describe_kind(kind)}: choose another "
+                         "name, or pass --force to replace it")
+    if kind == "executable" and source is not None:
+        compiled_from = executable_source(path)
+        if compiled_from is not None and Path(compiled_from).name != source.name:
+            raise RramcError(f"{option} {path} exists and was compiled from {compiled_from}, not {source}: choose another "
+                             "name with -o, or pass --force to replace it")
 
 
 def _in_loop(text: str | None) -> dict[str, bool]:
@@ -164,12 +203,15 @@ def run(
     split: Annotated[str, typer.Option(help="train or test")] = "test",
     batch_size: Annotated[int, typer.Option(help="samples per batch")] = 256,
     limit: Annotated[Optional[int], typer.Option(help="evaluate the first N samples only")] = None,
-    seed: Annotated[int, typer.Option(help="chip instance: programming variation, faults and read noise")] = 0,
+    seed: Annotated[int, typer.Option(help="chip instance: programming variation, faults and read noise", min=0, max=SEED_MAX)] = 0,
     device: Annotated[str, typer.Option(help="torch device to simulate on (cpu, cuda)")] = "cpu",
     download: Annotated[bool, typer.Option(help="download the data set if it is missing (needs the network)")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the report as JSON")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --json file that is not an rramc report")] = False,
 ) -> None:
     """Run an executable on a data set and report float vs simulated-chip accuracy."""
+    if json_path is not None:
+        check_output(json_path, "--json", "report", force, inputs=(executable,))
     from rramc.datasets import load_dataset
     from rramc.runtime.executable import load_executable
 
@@ -241,7 +283,8 @@ def passes() -> None:
         console.print(f"[bold]{name}[/]  {cls.summary()}", highlight=False)
         console.print(f"    from {origins[name]}", style="dim", highlight=False)
         for option, kind, default, help_text in cls.options():
-            console.print(f"    {option}: {kind} = {default!r}  {help_text}", highlight=False)
+            shown = "none" if default is None else str(default).lower() if isinstance(default, bool) else default
+            console.print(f"    {option}={shown}  {help_text} ({kind})", highlight=False)
     console.print(f"default pipeline: {DEFAULT_PIPELINE}")
     for name, build in PIPELINES:
         console.print(f"pipeline [bold]{name}[/]: {','.join(str(p) for p in build())}", highlight=False)
@@ -294,7 +337,7 @@ def sweep(
     train_samples: Annotated[Optional[int], typer.Option(help="train on at most this many samples")] = None,
     test_samples: Annotated[Optional[int], typer.Option(help="evaluate on at most this many test samples")] = None,
     reconstruct: Annotated[bool, typer.Option("--reconstruct/--no-reconstruct", help="include the reconstructed network")] = True,
-    seed: Annotated[int, typer.Option(help="seed of calibration sampling and training")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of calibration sampling and training", min=0, max=SEED_MAX)] = 0,
 ) -> None:
     """Accuracy of the conventional mapping vs the reconstructed network across chip settings.
 

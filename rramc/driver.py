@@ -25,6 +25,9 @@ from rramc.ir import Graph, Input
 from rramc.pipeline import CompileContext, Pass, PassInstrument, PassManager, PassTimings, PrintIR, make_pass, resolve_pipeline
 from rramc.runtime.executable import Executable
 
+CALIBRATION_SAMPLES = 512
+"""Calibration samples drawn from a data set when none are given (``--calibration-samples``)."""
+
 ModelLike = nn.Module | torch.export.ExportedProgram | Graph | str | Path
 DataLike = torch.Tensor | Dataset | None
 
@@ -67,7 +70,15 @@ def compile(
     samples = calibration_data.images if isinstance(calibration_data, Dataset) else calibration_data
     if example_input is None and samples is not None and isinstance(model, nn.Module):
         example_input = samples[:2]  # the calibration batch shows the shapes as well as an example does
-    graph, source = import_model(model, example_input)
+    graph, source, recorded = import_model(model, example_input)
+    if samples is None and example_input is None and recorded.get("model.dataset"):
+        # A .pt2 written by rramc.frontend.save_exported names its data set: calibrate (and train) on it, as the CLI does.
+        calibration_data = load_dataset(recorded["model.dataset"], "train").shuffled(seed).take(CALIBRATION_SAMPLES)
+        samples = calibration_data.images
+        if training_data is None:
+            training_data = load_dataset(recorded["model.dataset"], "train")
+        log(f"calibrating on {len(samples)} samples of {calibration_data.name} (train), the data set {model} records")
+        recorded["calibration"] = calibration_data.name
     if samples is None:
         samples = example_input
     declared = input_range
@@ -91,27 +102,30 @@ def compile(
         raise PassError(f"the pipeline {', '.join(ctx.passes_run)} produced no executable; end it with 'emit'")
     for message in ctx.warnings:
         warnings.warn(RramcWarning(message), stacklevel=2)
+    # Timings are kept on the executable, not in its file: the same compile writes the same bytes.
     info = {"source": source, "pipeline": ctx.artifacts.get("pipeline", ",".join(ctx.passes_run)),
-            "compile_seconds": round(time.perf_counter() - start, 3),
-            "pass_seconds": {name: round(t, 4) for name, t in timings.timings}, "warnings": list(ctx.warnings), **(metadata or {})}
-    return Executable(lowered, target, info)
+            "warnings": list(ctx.warnings), **recorded, **(metadata or {})}
+    exe = Executable(lowered, target, info)
+    exe.compile_seconds = time.perf_counter() - start
+    exe.pass_seconds = dict(timings.timings)
+    return exe
 
 
-def import_model(model: ModelLike, example_input: torch.Tensor | None) -> tuple[Graph, str]:
-    """The IR graph of a model in any accepted form, and a name for it."""
+def import_model(model: ModelLike, example_input: torch.Tensor | None) -> tuple[Graph, str, dict[str, Any]]:
+    """The IR graph of a model in any accepted form, a name for it and what its file records (``model.*``)."""
     if isinstance(model, Graph):
-        return model.copy(), "graph"
+        return model.copy(), "graph", {}
     if isinstance(model, torch.export.ExportedProgram):
-        return import_exported(model), "exported program"
+        return import_exported(model), "exported program", {}
     if isinstance(model, nn.Module):
         if example_input is None:
             raise RramcError("compiling an nn.Module needs example_input (a batch of inputs) to trace shapes")
         if not isinstance(example_input, torch.Tensor):
             raise RramcError(f"example_input must be a tensor (a batch of inputs), got {type(example_input).__name__}")
-        return import_module(model, example_input, type(model).__name__), type(model).__name__
+        return import_module(model, example_input, type(model).__name__), type(model).__name__, {}
     if isinstance(model, (str, Path)):
         loaded = load_model(model, input_shape=None if example_input is None else tuple(example_input.shape[1:]))
-        return loaded.graph, loaded.source
+        return loaded.graph, loaded.source, {f"model.{k}": v for k, v in loaded.metadata.items()}
     raise RramcError(f"cannot compile a {type(model).__name__}: expected an nn.Module, an ExportedProgram, a Graph or a path")
 
 
@@ -134,7 +148,7 @@ def compile_file(
     trust_pickle: bool = False,
     input_shape: tuple[int, ...] | None = None,
     calibration: str | Dataset | None = None,
-    calibration_samples: int = 512,
+    calibration_samples: int = CALIBRATION_SAMPLES,
     data_dir: str | Path | None = None,
     training: str | Dataset | None = None,
     reconstruct: Mapping[str, Any] | None = None,
@@ -154,7 +168,7 @@ def compile_file(
     calibration data set) inside the pipeline (default: the ``reconstruct`` pipeline).
     """
     if calibration_samples < 1:
-        raise RramcError(f"calibration_samples = {calibration_samples}: need at least 1")
+        raise RramcError(f"--calibration-samples {calibration_samples}: need at least 1 sample to calibrate on")
     target_spec = load_target(target)
     loaded = _load(model, factory, trust_pickle, input_shape, calibration if calibration is not None else training, data_dir)
     crop = loaded.metadata.get("crop")

@@ -9,11 +9,17 @@ times them and skips named ones; a failing pass is reported with the passes that
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.util
+import inspect
 import re
+import sys
 import time
+import traceback
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -104,15 +110,28 @@ class Pass:
 
     @classmethod
     def summary(cls) -> str:
+        """The docstring's first sentence as plain text (reST roles and literals unwrapped)."""
         doc = (cls.__doc__ or "").strip()
-        return doc.splitlines()[0] if doc else ""
+        return plain_text(doc.split("\n\n")[0].replace("\n", " ")) if doc else ""
+
+
+def plain_text(rest: str) -> str:
+    """reStructuredText inline markup as terminal text: ``:class:`~a.B``` → ``B``, ````x```` → ``x``."""
+    rest = re.sub(r":\w+:`~?(?:[\w.]*\.)?([^`<]+?)`", r"\1", rest)
+    rest = re.sub(r"``([^`]+)``", r"\1", rest)
+    return re.sub(r"`([^`]+)`", r"\1", " ".join(rest.split()))
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
 
 
 def _type_name(hint: Any) -> str:
+    """What an option takes, in words: 'an integer', 'a number or none', ..."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     base = args[0] if args else hint
     name = getattr(base, "__name__", str(base))
-    return f"{name}?" if args else name
+    words = _TYPE_WORDS.get(name, name)
+    return f"{words} or none" if args else words
 
 
 def _format_option(value: Any) -> str:
@@ -190,12 +209,19 @@ def resolve_pipeline(spec: str | Sequence[Pass] | None) -> list[Pass]:
     if isinstance(spec, str):
         name = spec.strip()
         return PIPELINES.get(name)() if name in PIPELINES.names() else parse_pipeline(spec)
-    passes = list(spec)
+    if not isinstance(spec, (list, tuple)):
+        raise PassError(f"pipeline: expected a name, pipeline text or a list of passes, got {type(spec).__name__}")
+    passes: list[Pass] = []
+    for i, item in enumerate(spec):
+        if isinstance(item, Pass):
+            passes.append(item)
+        elif isinstance(item, str):  # one pass as text: "quantize{levels=16}"
+            passes.extend(parse_pipeline(item))
+        else:
+            raise PassError(f"pipeline item {i}: expected an rramc.Pass or pass text such as 'quantize{{levels=16}}', "
+                            f"got {type(item).__name__} {item!r}")
     if not passes:
         raise PassError("the pipeline is empty")
-    bad = [p for p in passes if not isinstance(p, Pass)]
-    if bad:
-        raise PassError(f"a pipeline is a list of rramc.Pass objects; got {type(bad[0]).__name__} {bad[0]!r}")
     return passes
 
 
@@ -216,6 +242,52 @@ def parse_pipeline(text: str) -> list[Pass]:
     return passes
 
 
+def load_pass_file(path: str | Path) -> list[str]:
+    """Import the passes a local Python file defines and register them; returns their names.
+
+    This runs the file's code, as ``python path`` would: it is the user's own pass. Every
+    concrete :class:`Pass` subclass defined in the file (not merely imported into it) is
+    registered under its ``name``; a name already taken is refused by the registry.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PassError(f"--pass-file {path}: " + ("no such file" if not path.exists() else "not a file"))
+    if path.suffix != ".py":
+        raise PassError(f"--pass-file {path}: expected a Python file (.py) defining rramc.Pass subclasses")
+    module_name = f"rramc_pass_file_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up while the file runs
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code: any error it raises is theirs, reported with where it arose
+        del sys.modules[module_name]
+        where = ""
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+        if isinstance(exc, SyntaxError):
+            where = f" (line {exc.lineno})"
+        elif frames:
+            where = f" (line {frames[-1].lineno})"
+        raise PassError(f"--pass-file {path}: importing it failed{where}: {type(exc).__name__}: {exc}") from None
+    found = [obj for obj in vars(module).values()
+             if isinstance(obj, type) and issubclass(obj, Pass) and obj.__module__ == module_name and not inspect.isabstract(obj)]
+    if not found:
+        raise PassError(f"--pass-file {path}: defines no rramc.Pass subclass (a frozen dataclass with a name and a run method)")
+    names = []
+    for cls in found:
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not name:
+            raise PassError(f"--pass-file {path}: pass class {cls.__name__} has no name (set name = \"my_pass\")")
+        if name in PASSES.names() and getattr(PASSES.get(name), "__module__", None) == module_name:
+            PASSES.unregister(name)  # the same file loaded again: its new class replaces the old one
+        if name in PASSES.names():
+            raise PassError(f"--pass-file {path}: pass '{name}' ({cls.__name__}) is already defined: {PASSES.origins()[name]}")
+        PASSES.register(name, cls)
+        names.append(name)
+    return names
+
+
 def _parse_options(pass_name: str, text: str) -> dict[str, str]:
     options: dict[str, str] = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
@@ -224,6 +296,8 @@ def _parse_options(pass_name: str, text: str) -> dict[str, str]:
             raise PassError(f"pass '{pass_name}': option '{item}' needs a value (name=value)")
         if key.strip() in options:
             raise PassError(f"pass '{pass_name}': option '{key.strip()}' is given twice")
+        if not value.strip():
+            raise PassError(f"pass '{pass_name}': option '{key.strip()}' has no value after '='")
         options[key.strip()] = value.strip()
     return options
 

@@ -410,8 +410,8 @@ def test_passes_lists_the_builtin_passes_with_options() -> None:
     for name in PASS_NAMES:
         assert re.search(rf"^{name}\s+\S", text, re.MULTILINE), f"{name} missing from\n{text}"
     assert "(built in)" in text
-    for option in ("levels: int? = None", "rows: int? = None", "fold_batch_norm: bool = True", "adc_percentile",
-                   "granularity: str = 'column'", "balance: bool = False", "samples: int = 512"):
+    for option in ("levels=none", "(an integer or none)", "rows=none", "fold_batch_norm=true", "(true or false)",
+                   "adc_percentile=100.0", "granularity=column", "balance=false", "samples=512"):
         assert option in text, option
     assert "default pipeline: canonicalize,quantize,tile,calibrate,emit" in text
 

@@ -9,6 +9,8 @@ import os
 import pickle
 import struct
 import tarfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +131,58 @@ def test_dataset_rejects_inconsistent_tensors():
     with pytest.raises(DatasetError, match="labels"):
         Dataset("toy", "test", torch.zeros(3, 1, 2, 2), torch.zeros(2, dtype=torch.int64), 10)
     with pytest.raises(DatasetError, match="float32"):
-        Dataset("toy", "test", torch.zeros(3, 2, 2), torch.zeros(3, dtype=torch.int64), 10)
+        Dataset("toy", "test", torch.zeros(3), torch.zeros(3, dtype=torch.int64), 10)  # no per-sample shape
+    with pytest.raises(DatasetError, match="float32"):
+        Dataset("toy", "test", torch.zeros(3, 1, 2, 2, dtype=torch.float64), torch.zeros(3, dtype=torch.int64), 10)
+    flat = Dataset("toy", "test", torch.zeros(3, 4), torch.zeros(3, dtype=torch.int64), 10)  # e.g. reshaped_for((4,))
+    assert flat.sample_shape == (4,)
+
+
+def test_repr_is_short_and_says_what_the_data_set_is():
+    data = load_dataset("digits", "test")
+    assert repr(data) == "Dataset('digits', test, 360 samples of 1×8×8, 10 classes, values in [0, 1])"
+    assert repr(data.take(1)) == "Dataset('digits', test, 1 sample of 1×8×8, 10 classes, values in [0, 1])"
+    assert repr(data.reshaped_for((64,))) == "Dataset('digits', test, 360 samples of 64, 10 classes, values in [0, 1])"
+    toy = Dataset("toy", "train", torch.zeros(2, 3, 4, 5), torch.zeros(2, dtype=torch.int64), 7, value_range=(-1.0, 2.5))
+    assert repr(toy) == "Dataset('toy', train, 2 samples of 3×4×5, 7 classes, values in [-1, 2.5])"
+    assert str(data) == repr(data) and len(repr(load_dataset("digits", "train"))) < 100
+
+
+def test_reshaped_for_gives_every_sample_the_network_shape():
+    data = load_dataset("digits", "test")
+    flat = data.reshaped_for((64,))
+    assert flat.images.shape == (360, 64) and flat.sample_shape == (64,)
+    assert torch.equal(flat.images, data.images.reshape(360, 64)) and torch.equal(flat.labels, data.labels)
+    assert (flat.name, flat.split, flat.num_classes, flat.value_range) == ("digits", "test", 10, (0.0, 1.0))
+    assert data.reshaped_for((1, 8, 8)) is data  # already that shape
+    assert data.reshaped_for([8, 8]).sample_shape == (8, 8)  # any sequence of sizes, e.g. a list or torch.Size
+    assert torch.equal(flat.reshaped_for(torch.Size([1, 8, 8])).images, data.images)  # and back
+    # The other methods keep working on the result.
+    assert [len(labels) for _, labels in flat.take(10).batches(4)] == [4, 4, 2]
+    assert torch.equal(flat.shuffled(3).labels, data.shuffled(3).labels)
+
+
+@pytest.mark.parametrize("shape", [(63,), (1, 28, 28), (2, 8, 8)])
+def test_reshaped_for_a_shape_of_another_size_names_both_shapes(shape):
+    with pytest.raises(DatasetError) as info:
+        load_dataset("digits", "test").reshaped_for(shape)
+    message = str(info.value)
+    assert "'digits'" in message and "[1, 8, 8] (64 values)" in message
+    assert f"{list(shape)} ({np.prod(shape)} values)" in message
+
+
+@pytest.mark.parametrize("shape", [(), (0, 64), (-1,)])
+def test_reshaped_for_refuses_shapes_that_are_not_sizes(shape):
+    with pytest.raises(DatasetError, match="positive sizes"):
+        load_dataset("digits", "test").reshaped_for(shape)
+
+
+def test_center_crop_of_reshaped_data_sets():
+    data = load_dataset("digits", "test")
+    squeezed = data.reshaped_for((8, 8))
+    assert torch.equal(squeezed.center_crop(4).images, data.center_crop(4).images[:, 0])
+    with pytest.raises(DatasetError, match=r"crop before reshaping"):
+        data.reshaped_for((64,)).center_crop(4)
 
 
 @pytest.mark.parametrize(
@@ -389,9 +442,14 @@ def test_checksum_mismatch_leaves_no_file(tmp_path, monkeypatch, mnist_mirror):
     target = tmp_path / "data"
     with pytest.raises(DatasetError) as info:
         dl.download("mnist", target)
-    assert "md5" in str(info.value) and "0" * 32 in str(info.value)
-    assert not (target / "t10k-images-idx3-ubyte.gz").exists()
-    assert not [p for p in target.iterdir() if p.name.startswith(".")]  # no temporary left either
+    assert "download failed" in str(info.value) and "md5" in str(info.value) and "0" * 32 in str(info.value)
+    assert not target.exists()  # neither the file nor a temporary nor the folder the download made
+
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetError, match="md5"):
+        dl.download("mnist", target)
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]  # no temporary left either
 
 
 def test_unreachable_mirror_says_offline_and_where_to_put_files(tmp_path, monkeypatch):
@@ -402,7 +460,141 @@ def test_unreachable_mirror_says_offline_and_where_to_put_files(tmp_path, monkey
     message = str(info.value)
     assert "offline" in message and str(target) in message and "t10k-images-idx3-ubyte.gz" in message
     assert "apt-get install dataset-fashion-mnist" in message
-    assert list(target.iterdir()) == []
+    assert not target.exists()
+
+
+# --- failed downloads, offline: the URL seam is replaced, the network is never touched ---------
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: ``open_url`` fails as urlopen does without one, and the real urlopen fails the test."""
+    opened = []
+
+    def no_network(url, timeout=None):
+        opened.append(url)
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    def must_not_be_called(*args, **kwargs):
+        pytest.fail("a test reached urllib.request.urlopen; it must go through the replaced dl.open_url")
+
+    monkeypatch.setattr(dl, "open_url", no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", must_not_be_called)
+    return opened
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` (hidden ones too), with the contents of the files."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10"])
+def test_offline_download_removes_the_folders_it_created_and_says_what_to_do(tmp_path, offline, name):
+    target = tmp_path / "data" / "sets" / name
+    with pytest.raises(DatasetError) as info:
+        load_dataset(name, "test", data_dir=target, download=True)
+    message = str(info.value)
+    assert message.startswith(f"{name}: the download failed")
+    assert "Temporary failure in name resolution" in message and "offline" in message  # why
+    assert "by hand" in message and str(target) in message  # where to put the files
+    assert all(filename in message for filename in dl.CHECKSUMS[name])
+    assert dl.MIRRORS[name] in message and "RRAMC_DATASET_MIRROR" in message
+    assert "<urlopen error" not in message
+    assert offline == [dl.mirror_url(name) + next(iter(dl.CHECKSUMS[name]))]
+    assert not (tmp_path / "data").exists()
+
+
+def test_offline_download_into_the_cache_removes_only_what_it_created(tmp_path, offline):
+    home = tmp_path / "home"
+    (home / "elsewhere").mkdir(parents=True)  # $HOME exists; ~/.cache does not yet
+    with pytest.raises(DatasetError, match=r"download failed") as info:
+        load_dataset("mnist", download=True)
+    assert str(home / ".cache" / "rramc" / "mnist") in str(info.value)
+    assert sorted(p.name for p in home.iterdir()) == ["elsewhere"]
+
+
+def test_failed_download_leaves_pre_existing_folders_and_files_untouched(tmp_path, offline, mnist_mirror):
+    served, _ = mnist_mirror
+    target = tmp_path / "data"
+    (target / "cifar-10-batches-py").mkdir(parents=True)
+    (target / "notes.txt").write_text("mine")
+    (target / "t10k-images-idx3-ubyte.gz").write_bytes((served / "t10k-images-idx3-ubyte.gz").read_bytes())
+    (target / "train-labels-idx1-ubyte.gz").write_bytes(b"an old, wrong copy")
+    before = tree(target)
+    with pytest.raises(DatasetError, match=r"download failed"):
+        load_dataset("mnist", "test", data_dir=target, download=True)
+    assert tree(target) == before
+    assert offline == [dl.mirror_url("mnist") + "t10k-labels-idx1-ubyte.gz"]  # the verified file was kept, not fetched
+
+
+class Response:
+    """A urlopen response that serves ``body`` and then, if ``fail_after`` is set, drops the connection."""
+
+    def __init__(self, body: bytes, fail_after: int | None = None) -> None:
+        self.stream, self.fail_after, self.served = io.BytesIO(body), fail_after, 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def read(self, size: int) -> bytes:
+        if self.fail_after is not None and self.served >= self.fail_after:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        chunk = self.stream.read(size if self.fail_after is None else min(size, self.fail_after - self.served))
+        self.served += len(chunk)
+        return chunk
+
+
+@pytest.mark.parametrize("pre_existing", [False, True])
+def test_connection_lost_midway_removes_partial_and_finished_files(
+    tmp_path, monkeypatch, offline, mnist_mirror, pre_existing
+):
+    served, _ = mnist_mirror
+    files = list(dl.CHECKSUMS["mnist"])  # fetched in this order; the third one breaks off half-way
+    seen_partial = []
+
+    def flaky(url, timeout=None):
+        filename = url.rsplit("/", 1)[-1]
+        body = (served / filename).read_bytes()
+        if filename != files[2]:
+            return Response(body)
+        seen_partial.extend(p.name for p in target.iterdir() if p.name.endswith(".part"))
+        return Response(body, fail_after=len(body) // 2)
+
+    monkeypatch.setattr(dl, "open_url", flaky)
+    target = tmp_path / "data" / "mnist"
+    if pre_existing:
+        target.mkdir(parents=True)
+        (target / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetError) as info:
+        load_dataset("mnist", "train", data_dir=target, download=True)
+    assert "download failed" in str(info.value) and "Connection reset by peer" in str(info.value)
+    assert seen_partial  # a partial file did exist while the third file was coming in
+    if pre_existing:
+        assert tree(target) == {"notes.txt": b"mine"}
+    else:
+        assert not (tmp_path / "data").exists()
+
+
+def test_interrupted_download_removes_what_it_created(tmp_path, monkeypatch, offline):
+    def interrupted(url, timeout=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dl, "open_url", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        dl.download("cifar10", tmp_path / "data" / "cifar10")
+    assert not (tmp_path / "data").exists()
+
+
+def test_successful_download_through_the_url_seam_keeps_everything(tmp_path, monkeypatch, offline, mnist_mirror):
+    served, expected = mnist_mirror
+    monkeypatch.setattr(dl, "open_url", lambda url, timeout=None: Response((served / url.rsplit("/", 1)[-1]).read_bytes()))
+    target = tmp_path / "data" / "mnist"
+    test = load_dataset("mnist", "test", data_dir=target, download=True)
+    np.testing.assert_array_equal(test.labels.numpy(), expected["test"][1])
+    assert tree(target) == tree(served)
 
 
 def tar_gz(path: Path, members: dict[str, bytes], symlink: str | None = None) -> None:
@@ -449,7 +641,7 @@ def test_cifar_archive_members_escaping_the_directory_are_refused(tmp_path, monk
     target = tmp_path / "data" / "cifar10"
     with pytest.raises(DatasetError, match=phrase):
         dl.download("cifar10", target)
-    assert list(target.iterdir()) == []
+    assert not (tmp_path / "data").exists()  # both folders were made by the download
     assert not (tmp_path / "data" / "escaped").exists() and not (tmp_path / "escaped").exists()
     assert not Path("/tmp/absolute-escape").exists()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,9 +34,13 @@ VALUE_RANGE = (0.0, 1.0)
 """The range of every data set's pixel values (intensities / 255): the declared input range of networks compiled on them."""
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: comparing tensor fields with == is ambiguous
+@dataclass(frozen=True, eq=False, repr=False)  # eq=False: comparing tensor fields with == is ambiguous
 class Dataset:
-    """One split of a data set: images (N, C, H, W) float32 in [0, 1] and labels (N,) int64."""
+    """One split of a data set: images float32 in [0, 1] and labels (N,) int64.
+
+    ``load_dataset`` gives images of shape (N, C, H, W); :meth:`reshaped_for` gives them a
+    network's per-sample shape, such as (N, 64) for a flat-input network.
+    """
 
     name: str
     split: str
@@ -47,10 +51,10 @@ class Dataset:
     """The range the images' values lie in; compiling on the data set declares it as the input range."""
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.float32 or self.images.ndim != 4:
+        if self.images.dtype != torch.float32 or self.images.ndim < 2:
             raise DatasetError(
-                f"{self.name} ({self.split}): images must be a float32 tensor (N, C, H, W), "
-                f"got {self.images.dtype} of shape {tuple(self.images.shape)}."
+                f"{self.name} ({self.split}): images must be a float32 tensor (N, C, H, W) (or (N, ...) with "
+                f"another per-sample shape), got {self.images.dtype} of shape {tuple(self.images.shape)}."
             )
         if self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]:
             raise DatasetError(
@@ -61,10 +65,36 @@ class Dataset:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
+    def __repr__(self) -> str:
+        # Short on purpose: the dataclass default would print every tensor element.
+        count = len(self)
+        shape = "×".join(map(str, self.sample_shape))
+        low, high = self.value_range
+        return (
+            f"Dataset({self.name!r}, {self.split}, {count} sample{'' if count == 1 else 's'} of {shape}, "
+            f"{self.num_classes} classes, values in [{low:g}, {high:g}])"
+        )
+
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """The shape of one image, (C, H, W)."""
+        """The shape of one image: (C, H, W) as loaded, or what :meth:`reshaped_for` gave it."""
         return tuple(self.images.shape[1:])
+
+    def reshaped_for(self, shape: Sequence[int]) -> Dataset:
+        """The data set with every sample reshaped to ``shape`` (a network's per-sample input shape).
+
+        Allowed when a sample holds as many values as ``shape`` does, e.g. the digits' (1, 8, 8) to
+        (64,); otherwise a DatasetError names both shapes. The rules are :func:`fit_inputs`'s, so a
+        data set reshaped once here passes through it unchanged batch after batch.
+        """
+        target = tuple(int(size) for size in shape)
+        if not target or min(target) < 1:
+            raise DatasetError(
+                f"{self.name}: cannot reshape samples of shape {list(self.sample_shape)} to {list(target)}; "
+                f"give a per-sample shape of one or more positive sizes, e.g. (64,) or (1, 8, 8)."
+            )
+        images = fit_inputs(self.images, target, self.name)
+        return self if images is self.images else replace(self, images=images)
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images, labels) batches in order; the last one may be smaller."""
@@ -87,14 +117,19 @@ class Dataset:
 
     def center_crop(self, size: int) -> Dataset:
         """The central ``size`` x ``size`` window of every image (offsets rounded down)."""
-        height, width = self.images.shape[2:]
+        if self.images.ndim < 3:
+            raise DatasetError(
+                f"{self.name}: cannot crop samples of shape {list(self.sample_shape)}; cropping needs images "
+                f"(C, H, W) or (H, W), so crop before reshaping the data set to a flat shape."
+            )
+        height, width = self.images.shape[-2:]
         if not 1 <= size <= min(height, width):
             raise DatasetError(
                 f"{self.name}: cannot crop {height}x{width} images to {size}x{size}; "
                 f"choose a size from 1 to {min(height, width)}."
             )
         top, left = (height - size) // 2, (width - size) // 2
-        cropped = self.images[:, :, top : top + size, left : left + size].contiguous()
+        cropped = self.images[..., top : top + size, left : left + size].contiguous()
         return replace(self, images=cropped)
 
 

@@ -33,6 +33,9 @@ class Executable:
     def __init__(self, graph: Graph, target: Target, metadata: dict[str, Any] | None = None) -> None:
         self.graph, self.target = graph, target
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.compile_seconds: float | None = None
+        self.pass_seconds: dict[str, float] = {}
+        """How long compiling took, in total and per pass (not saved: the file depends on its inputs only)."""
         self._chips: dict[tuple[int, str, torch.dtype], Chip] = {}
         self._warned_clipping = False
 
@@ -97,6 +100,14 @@ class Executable:
         path = Path(path)
         if not path.is_file():
             raise ExecutableFormatError(f"executable {path} does not exist" if not path.exists() else f"{path} is not a file")
+        from rramc.outputs import describe_kind, kind_of
+
+        kind = kind_of(path)
+        if kind == "model":
+            raise ExecutableFormatError(f"{path} is {describe_kind(kind)}, not an rramc executable: compile it first "
+                                        f"(rramc compile {path} -t TARGET)")
+        if kind in ("report", "png", "empty"):
+            raise ExecutableFormatError(f"{path} is {describe_kind(kind)}, not an rramc executable (.rramx, written by rramc compile)")
         graph, target, metadata = deserialize(path.read_bytes(), str(path))
         return cls(graph, target, metadata)
 
