@@ -105,6 +105,7 @@ class Reconstruct(Pass):
         lr = self.lr if self.lr is not None else (1e-3 if self.optimizer == "adam" else 0.05)
         config = TrainConfig(epochs=self.epochs, lr=lr, optimizer=self.optimizer, batch_size=self.batch_size, seed=seed,
                              schedule=self.schedule)
+        start = self._fit(network, data.shuffled(seed).take(1024), graph_input.shape)
         history: list[tuple[float, float]] = []
 
         def on_epoch(epoch: int, loss: float, acc: float) -> None:
@@ -115,7 +116,10 @@ class Reconstruct(Pass):
                          description=f"reconstruct for {ctx.target.name}")
         if history and not math.isfinite(history[-1][0]):
             raise PassError(f"training diverged (loss {history[-1][0]}): lower the learning rate (lr={lr:g})")
-        if history and history[-1][1] < 1.5 / data.num_classes:
+        if history and (history[-1][0] > 2 * max(start[0], math.log(data.num_classes)) or history[-1][1] < start[1] - 0.1):
+            ctx.warn(f"reconstruct: training diverged: the loss went from {start[0]:.3g} to {history[-1][0]:.3g} and the training "
+                     f"accuracy from {100 * start[1]:.1f} % to {100 * history[-1][1]:.1f} %; lower the learning rate (lr={lr:g})")
+        elif history and history[-1][1] < 1.5 / data.num_classes:
             ctx.warn(f"reconstruct: training accuracy {100 * history[-1][1]:.1f} % is near chance (loss {history[-1][0]:.3g}); "
                      "training failed (learning rate too high, or too few epochs)")
         network.write_back()
@@ -124,6 +128,15 @@ class Reconstruct(Pass):
         for node in graph.nodes_of(Linear, Conv2d):
             node.op = node.op.replace(input_range=ranges[node.name], trained_for=record)
         return graph
+
+    @staticmethod
+    def _fit(network: torch.nn.Module, data: Dataset, shape: tuple[int, ...]) -> tuple[float, float]:
+        """Cross-entropy and accuracy of the device-aware network on ``data`` before training: the baseline
+        that tells a diverged training from a slow one."""
+        network.eval()
+        with torch.no_grad():
+            logits = network(fit_inputs(data.images, shape, data.name))
+        return float(torch.nn.functional.cross_entropy(logits, data.labels)), float((logits.argmax(1) == data.labels).float().mean())
 
     def _clip_relus(self, graph: Graph, sample: torch.Tensor) -> None:
         """Replace ReLUs (and open-ended clamps) by clipped ReLUs at a percentile of their activations."""

@@ -55,9 +55,9 @@ class CompileContext:
     warnings: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:
-        """Record something the user should know about the result (it reaches the CLI and Python warnings)."""
+        """Record something the user should know about the result: the executable keeps it, the driver issues it as
+        an :class:`RramcWarning`, the CLI prints it on stderr and every run report repeats it."""
         self.warnings.append(message)
-        self.log(f"warning: {message}")
 
     def after(self, current: Pass, kind: type[P]) -> P | None:
         """The first pass of type ``kind`` that runs after ``current`` in this pipeline, if any."""

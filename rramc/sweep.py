@@ -25,6 +25,10 @@ WIRE_RESISTANCE = "crossbar.wire_resistance"
 AXIS_SHORTCUTS = {"k": "device.nonlinearity_k", "b": "device.b", "read_voltage": "crossbar.read_voltage", "adc_bits": "crossbar.adc_bits",
                   "wire_resistance": WIRE_RESISTANCE}
 METHODS = ("naive", "naive_least_squares", "reconstructed")
+LABELS = {"float": "float", "float_retrained": "float, trained the same extra epochs", "naive": "naive",
+          "naive_least_squares": "naive least squares", "reconstructed": "reconstructed"}
+"""Legend labels. ``float_retrained`` is the fair baseline of ``reconstructed``: the float network trained
+the same extra epochs (reconstructed for the ideal target), so that extra training is not credited to the method."""
 
 
 @dataclass
@@ -54,7 +58,7 @@ class SweepResult:
 
         others = [a for a in self.axes if a != axis]
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-        styles = {"float": ("black", "--"), "naive": ("tab:red", "-"), "naive_least_squares": ("tab:orange", "-"),
+        styles = {"float": ("black", "--"), "float_retrained": ("tab:gray", ":"), "naive": ("tab:red", "-"), "naive_least_squares": ("tab:orange", "-"),
                   "reconstructed": ("tab:blue", "-")}
         for combo in itertools.product(*(self.axes[o] for o in others)):
             rows = [r for r in self.rows if all(r[o] == v for o, v in zip(others, combo))]
@@ -62,7 +66,7 @@ class SweepResult:
             xs = [r[axis] for r in rows]
             for method, (color, line) in styles.items():
                 if method in rows[0]:
-                    ax.plot(xs, [100 * r[method] for r in rows], line, color=color, marker="o", label=f"{method.replace('_', ' ')}{suffix}")
+                    ax.plot(xs, [100 * r[method] for r in rows], line, color=color, marker="o", label=f"{LABELS[method]}{suffix}")
         if axis.endswith("nonlinearity_k"):
             from matplotlib.ticker import NullFormatter, ScalarFormatter
 
@@ -110,6 +114,14 @@ def parse_axis(text: str) -> tuple[str, list[Any]]:
 
 def grid_targets(base: Target, axes: dict[str, Sequence[Any]]) -> list[tuple[dict[str, Any], Target]]:
     """Every grid point with its validated target; an impossible value fails before any work."""
+    device_fields = set(base.device.to_mapping()) - {"model"}
+    for name in axes:
+        section, _, key = name.partition(".")
+        if section == "device" and key != "model" and key not in device_fields:
+            shortcut = next((f"--{s.replace('_', '-')} " for s, full in AXIS_SHORTCUTS.items() if full == name), "")
+            raise TargetError(f"sweep axis {shortcut or ''}{name}: target {base.name}'s device model "
+                              f"'{base.device.to_mapping().get('model')}' has no field {key} (its fields: "
+                              f"{', '.join(sorted(device_fields)) or 'none'}); sweep it on a target whose device has it")
     points = []
     for combo in itertools.product(*axes.values()):
         point = dict(zip(axes, combo))
@@ -164,7 +176,11 @@ def run_sweep(
 ) -> SweepResult:
     """Compile and evaluate ``model`` at every grid point: naive (full-scale and least-squares
     calibration) and reconstructed from the same float network. ``on_step(text)`` is called
-    after each of the ``len(points) × len(methods)`` compilations."""
+    after each of the ``len(points) × len(methods)`` compilations (and the fair baseline's, with ``reconstruct``).
+
+    Each row has the point, ``float`` (the network as given), each method's chip accuracy and, with
+    ``reconstruct``, ``float_retrained``: the float network trained the same extra epochs.
+    """
     from rramc.driver import compile as compile_model
     from rramc.pipeline import named_pipeline
 
@@ -182,8 +198,17 @@ def run_sweep(
     result = SweepResult({k: list(v) for k, v in axes.items()}, meta={"target": base.name, "dataset": test.name, "epochs": epochs,
                                                                         "optimizer": optimizer, "lr": lr,
                                                                         "title": f"{test.name} on {base.name}"})
+    retrained = None
+    if reconstruct:
+        fair = compile_model(model, load_target("ideal"), calibration.images[:2], calibration_data=calibration,
+                             training_data=train, pipeline=methods["reconstructed"], seed=seed)
+        retrained = fair.run(test).float_accuracy
+        if on_step is not None:
+            on_step(f"float trained {epochs} more epochs (reconstructed for ideal): {100 * retrained:.2f} %")
     for point, spec in points:
         row: dict[str, Any] = dict(point)
+        if retrained is not None:
+            row["float_retrained"] = retrained
         for method, pipeline in methods.items():
             exe = compile_model(model, spec, calibration.images[:2], calibration_data=calibration, training_data=train,
                                 pipeline=pipeline, seed=seed)

@@ -45,7 +45,10 @@ def test_sweep_writes_table_json_and_plots(model_file: Path, tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert [(r["device.nonlinearity_k"], r["crossbar.adc_bits"]) for r in rows] == [("2.5", "6"), ("2.5", "8"), ("20", "6"), ("20", "8")]
-    assert set(rows[0]) == {"device.nonlinearity_k", "crossbar.adc_bits", "float", "naive", "naive_least_squares", "reconstructed"}
+    assert set(rows[0]) == {"device.nonlinearity_k", "crossbar.adc_bits", "float", "float_retrained", "naive", "naive_least_squares",
+                            "reconstructed"}
+    # the fair baseline: the float network trained the same extra epoch, one value for the whole grid
+    assert len({r["float_retrained"] for r in rows}) == 1 and 0.5 < float(rows[0]["float_retrained"]) <= 1
     data = json.loads((out / "sweep.json").read_text())
     assert data["axes"] == {"device.nonlinearity_k": [2.5, 20], "crossbar.adc_bits": [6, 8]}
     k20 = [r for r in data["rows"] if r["device.nonlinearity_k"] == 20]
@@ -70,7 +73,9 @@ def test_impossible_sweep_grids_fail_before_any_work(model_file: Path, tmp_path:
         assert result.exit_code == 1 and message in result.output, (args, result.output)
         assert not out.exists()
     result = invoke("sweep", str(model_file), "-t", "rram_b", "-o", str(out), "--k", "7.5")
-    assert result.exit_code == 1 and "unknown field(s) nonlinearity_k" in result.output
+    assert result.exit_code == 1 and "device model 'sinh_state' has no field nonlinearity_k" in result.output, result.output
+    result = invoke("sweep", str(model_file), "-t", "ideal", "-o", str(out), "--k", "2.5")
+    assert result.exit_code == 1 and "device model 'linear' has no field nonlinearity_k (its fields: none)" in result.output
 
 
 def test_parse_axis_shortcuts() -> None:

@@ -63,24 +63,32 @@ class LayerErrors(Observer):
 
 
 class _Correlation:
-    """Pearson correlation of two streams of numbers, accumulated batch by batch."""
+    """Correlation of the chip's outputs with the float network's across samples, accumulated batch by batch.
+
+    Each output is centred on its own mean over the data set before the two are compared (pooled
+    over outputs: Σ cov / √(Σ var · Σ var)), so a per-class offset both networks share — a
+    random or badly scaled network's logits are mostly that — does not pass for agreement.
+    """
 
     def __init__(self) -> None:
         self.n = 0
-        self.sums = torch.zeros(5, dtype=torch.float64)  # x, y, xx, yy, xy
+        self.sums: Tensor | None = None  # [5, outputs]: x, y, xx, yy, xy
 
     def add(self, x: Tensor, y: Tensor) -> None:
-        x, y = x.detach().double().reshape(-1).cpu(), y.detach().double().reshape(-1).cpu()
-        self.n += x.numel()
-        self.sums += torch.stack([x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()])
+        x, y = (t.detach().double().reshape(t.shape[0], -1).cpu() for t in (x, y))
+        self.n += x.shape[0]
+        batch = torch.stack([x.sum(0), y.sum(0), (x * x).sum(0), (y * y).sum(0), (x * y).sum(0)])
+        self.sums = batch if self.sums is None else self.sums + batch
 
     def value(self) -> float:
-        sx, sy, sxx, syy, sxy = self.sums.tolist()
+        if self.sums is None:
+            return 1.0
+        sx, sy, sxx, syy, sxy = self.sums
         n = self.n
-        var_x, var_y = sxx - sx * sx / n, syy - sy * sy / n
+        var_x, var_y = float((sxx - sx * sx / n).sum()), float((syy - sy * sy / n).sum())
         if var_x <= 0 or var_y <= 0:
             return 1.0 if var_x == var_y == 0 else 0.0
-        return (sxy - sx * sy / n) / math.sqrt(var_x * var_y)
+        return float((sxy - sx * sy / n).sum()) / math.sqrt(var_x * var_y)
 
 
 @torch.no_grad()
@@ -145,12 +153,12 @@ def evaluate(
         clipped={layer: {"negative": neg, "over_full_scale": over, "inputs": count} for layer, (neg, over, count) in clipped.items()},
         costs={observer.name: observer.summary(n) for observer in costs},
     )
-    report.warnings = _warnings(report, clips)
+    report.warnings = _warnings(report, clips, list(exe.metadata.get("warnings", [])))
     return report
 
 
-def _warnings(report: Report, clips: ClipCounter) -> list[str]:
-    warnings = []
+def _warnings(report: Report, clips: ClipCounter, compiled: list[str]) -> list[str]:
+    warnings = [f"when compiled: {text}" for text in compiled]
     for layer in clips.worth_a_warning():
         counts = report.clipped[layer]
         share = (counts["negative"] + counts["over_full_scale"]) / max(counts["inputs"], 1)

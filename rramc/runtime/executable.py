@@ -47,6 +47,7 @@ class Executable:
 
     def chip(self, seed: int = 0, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Chip:
         """The chip instance ``seed`` (programming variation, stuck cells), programmed once and kept."""
+        check_seed(seed)
         key = (int(seed), str(torch.device(device)), dtype)
         if key not in self._chips:
             self._chips[key] = Chip(self.graph, self.target, seed=seed, device=device, dtype=dtype)
@@ -80,8 +81,13 @@ class Executable:
 
     def run(self, dataset: Dataset, **options: Any) -> Report:
         """Evaluate on a :class:`~rramc.datasets.Dataset`; see :func:`rramc.runtime.evaluate.evaluate`."""
+        from rramc.datasets import Dataset
         from rramc.runtime.evaluate import evaluate
 
+        if not isinstance(dataset, Dataset):
+            raise RramcError(f"Executable.run takes an rramc Dataset (rramc.load_dataset(name, split), or "
+                             f"rramc.Dataset(name, split, images, labels, num_classes)), got {type(dataset).__name__}; "
+                             "for a batch of inputs, call the executable: exe(x)")
         return evaluate(self, dataset, **options)
 
     # --- files ---------------------------------------------------------------------------------
@@ -152,6 +158,16 @@ class Executable:
                     "cells": cells, "utilisation": cells / (spec.rows * spec.cols),
                 })
         return usage
+
+
+SEED_LIMIT = 2**63
+"""torch generators take seeds in [0, 2**63)."""
+
+
+def check_seed(seed: object) -> None:
+    """A chip seed must be an integer that torch's generators accept."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise RramcError(f"seed {seed!r}: expected an integer from 0 to 2**63 - 1")
 
 
 def load_executable(path: str | Path) -> Executable:

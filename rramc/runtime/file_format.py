@@ -2,9 +2,19 @@
 
 Layout (format ``rramx``, version :data:`FORMAT_VERSION`): the safetensors header's metadata
 holds ``rramx.manifest`` (target spec, graph nodes with their non-tensor attributes, user
-metadata, the sha256 of every tensor) and ``rramx.manifest_sha256``; the tensors are the ops'
-tensor attributes, keyed ``<node>.<attribute>``. Nothing is pickled. A file that is truncated,
-altered, not an rramc executable or from a newer format is refused with a message saying so.
+metadata, the sha256 of every tensor, and where each tensor's bytes lie) and
+``rramx.manifest_sha256``; the tensors are the ops' tensor attributes, keyed
+``<node>.<attribute>``. Nothing is pickled. A file that is truncated, altered, not an rramc
+executable or from a newer format is refused with a message saying so.
+
+What the checksums pin: the manifest (its sha256), and through it every entry of the safetensors
+header: the set of tensor names (exactly the manifest's), each tensor's dtype, shape and bytes
+(its sha256) and its ``data_offsets`` (``tensor_offsets``, written since rramc 0.3; older files
+do not have it and need not: with every tensor's bytes pinned, offsets can only be permuted
+among byte-identical tensors). The tensors cover the data section without gaps (safetensors
+checks it), so every byte of it is pinned too. What is not pinned is the header's JSON text
+itself: a header re-spaced, re-ordered or re-escaped that parses to the same value loads, as it
+must (it means the same; a tool that rewrites the manifest rewrites the header JSON).
 """
 
 from __future__ import annotations
@@ -13,10 +23,15 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import socket
 import struct
 import tempfile
+import time
+import types
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import safetensors.torch
 import torch
@@ -70,8 +85,50 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
         cls = ATTRIBUTES.get(value["attribute"])
         if cls is None:
             raise KeyError(f"unknown attribute kind {value['attribute']!r}")
-        return cls(**{k: _decode(v, tensors) for k, v in value["fields"].items()})
+        fields = {k: _decode(v, tensors) for k, v in value["fields"].items()}
+        _check_types(cls, fields, f"#{cls.kind}")
+        return cls(**fields)
     return value
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a decoded value has the type a field declares (the kinds op and attribute fields use)."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, a) for a in typing.get_args(hint))
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_conforms(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_conforms(v, a) for v, a in zip(value, args))
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if hint is float:
+        return isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**1023)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # a kind of annotation this check does not know: left to the op's verify
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("torch.Tensor", "tensor").replace("rramc.ir.attributes.", "").replace("<class '", "").replace("'>", "")
+
+
+def _check_types(cls: type, fields: dict[str, Any], what: str) -> None:
+    """Raise ``TypeError`` naming the field if a decoded value is not of its declared type."""
+    hints = typing.get_type_hints(cls)
+    for name, value in fields.items():
+        if name in hints and not _conforms(value, hints[name]):
+            shown = f"a {type(value).__name__}" if isinstance(value, (dict, list, tuple, torch.Tensor)) else repr(value)[:60]
+            raise TypeError(f"{what} attribute '{name}' is {shown}, expected {_type_name(hints[name])}")
 
 
 def _migrate_v1(entry: dict[str, Any], target: dict[str, Any]) -> None:
@@ -101,6 +158,9 @@ def serialize(graph: Graph, target: Target, metadata: dict[str, Any]) -> bytes:
         attrs = {f.name: _encode(getattr(node.op, f.name), f"{node.name}.{f.name}", tensors) for f in dataclasses.fields(node.op)}
         nodes.append({"name": node.name, "kind": node.op.kind, "inputs": node.inputs, "shape": list(node.shape),
                       "meta": node.meta, "attrs": attrs})
+    # Where safetensors puts each tensor's bytes does not depend on the metadata: lay them out
+    # once without it to record the offsets in the manifest, which the metadata then carries.
+    offsets = {k: v["data_offsets"] for k, v in _parse_header(safetensors.torch.save(tensors))[0].items() if k != "__metadata__"}
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -109,16 +169,69 @@ def serialize(graph: Graph, target: Target, metadata: dict[str, Any]) -> bytes:
         "nodes": nodes,
         "metadata": metadata,
         "tensor_sha256": {k: _sha256_tensor(t) for k, t in tensors.items()},
+        "tensor_offsets": offsets,
     }
     text = json.dumps(manifest, sort_keys=True)
     header = {"rramx.manifest": text, "rramx.manifest_sha256": hashlib.sha256(text.encode()).hexdigest()}
-    return safetensors.torch.save(tensors, metadata=header)
+    data = safetensors.torch.save(tensors, metadata=header)
+    written = {k: v["data_offsets"] for k, v in _parse_header(data)[0].items() if k != "__metadata__"}
+    if written != offsets:  # pragma: no cover - safetensors changed how it lays out tensors
+        raise RuntimeError("safetensors laid the tensors out differently with metadata than without")
+    return data
+
+
+def _parse_header(data: bytes) -> tuple[Any, int]:
+    """The safetensors header's JSON value and where the tensor data starts.
+
+    Raises ``ValueError`` (with the reason) if there is no header, it runs past the end of the
+    data, is not JSON, or repeats a key (which JSON parsers resolve differently: safetensors'
+    and Python's could then read two different files).
+    """
+    if len(data) < 8:
+        raise ValueError("the file is empty or truncated")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > len(data) - 8:
+        raise ValueError("the header runs past the end of the file")
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(pairs)
+        if len(result) != len(pairs):
+            keys = [k for k, _ in pairs]
+            raise ValueError(f"the header repeats the key {next(k for k in keys if keys.count(k) > 1)!r}")
+        return result
+
+    try:
+        return json.loads(data[8 : 8 + header_len].decode("utf-8"), object_pairs_hook=no_duplicates), 8 + header_len
+    except UnicodeDecodeError:
+        raise ValueError("the header is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"the header is not JSON ({exc.msg} at byte {8 + exc.pos})") from None
+    except RecursionError:
+        raise ValueError("the header is nested too deeply") from None
+
+
+STALE_TEMP_SECONDS = 600
+"""A temporary file of an interrupted write older than this is removed by the next write (see :func:`write_atomically`)."""
+
+
+def _temp_prefix(name: str) -> str:
+    """The start of the temporary files of output ``name`` written by this process on this host:
+    ``.<name>.<host>-<pid>.`` (``mkstemp`` adds a random part and ``.tmp``)."""
+    return f".{name}.{_HOST}-{os.getpid()}."
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so no partial file is ever left."""
+    """Write ``data`` to ``path`` through a temporary file, so no partial file is ever left.
+
+    A process killed mid-write (SIGKILL, power loss) cannot remove its temporary file; the next
+    write of the same output removes such leftovers first (:func:`remove_stale_temp_files`).
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temp_files(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -131,6 +244,63 @@ def write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_stale_temp_files(path: Path, *, now: float | None = None) -> list[Path]:
+    """Remove the temporary files that interrupted writes of ``path`` left in its folder; return them.
+
+    Only the temporary files of this very output are considered: ``.<name>.<host>-<pid>.<random>.tmp``
+    (and ``.<name>.<random>.tmp``, as rramc 0.2 named them), never another output's or a user's
+    file. One is stale, and removed, when
+
+    * the process that wrote it is gone: same host (the name carries a hash of the host name) and
+      no process with its pid. A live writer's file is never removed this way; on another host (a
+      shared network folder) a pid says nothing, and on Windows ``os.kill`` would kill, so there
+      only the age counts. A dead writer's pid reused by a new process keeps its file until
+      the age rule applies;
+    * or it is older than :data:`STALE_TEMP_SECONDS` (10 minutes) by its modification time. The
+      write is one ``write`` of bytes already in memory, so a live writer's file is seconds old;
+      ten minutes leaves room for slow network file systems and clock skew between hosts.
+
+    Failures to list or remove (permissions, a concurrent writer removing the same file) are
+    ignored: cleaning up must never fail the write.
+    """
+    path = Path(path)
+    now = time.time() if now is None else now
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(?:([0-9a-f]{8})-([0-9]+)\.)?[a-z0-9_]{8}\.tmp")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent if str(path.parent) else "."))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            host, pid = match.group(1), match.group(2)
+            dead = host == _HOST and pid is not None and not _alive(int(pid))
+            if dead or now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (True when that cannot be told)."""
+    if os.name == "nt" or pid <= 0:  # os.kill(pid, 0) terminates the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process, or a pid out of range: not ours to judge
+    return True
+
+
 def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]]:
     """Parse and check an executable file's bytes."""
     def refuse(problem: str) -> ExecutableFormatError:
@@ -138,39 +308,64 @@ def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]
 
     if len(data) < 8:
         raise refuse("not an rramc executable (the file is empty or truncated)")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > len(data) - 8:
-        raise refuse("truncated or not an rramc executable (the header runs past the end of the file)")
     try:
-        header = json.loads(data[8 : 8 + header_len])
-        meta = header.get("__metadata__") or {}
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        raise refuse("not an rramc executable (no readable safetensors header)") from None
+        header, _ = _parse_header(data)
+    except ValueError as exc:
+        reason = str(exc)
+        if "runs past the end" in reason:
+            raise refuse("truncated or not an rramc executable (the header runs past the end of the file)") from None
+        raise refuse(f"not an rramc executable (no readable safetensors header: {reason})") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict):
+        raise refuse("not an rramc executable (no readable safetensors header)" if not isinstance(header, dict) else
+                     "not an rramc executable (a safetensors file without an rramc manifest)")
     text = meta.get("rramx.manifest")
     if text is None:
         raise refuse("not an rramc executable (a safetensors file without an rramc manifest)")
-    if hashlib.sha256(text.encode()).hexdigest() != meta.get("rramx.manifest_sha256"):
+    if not isinstance(text, str) or hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest() != meta.get("rramx.manifest_sha256"):
         raise refuse("corrupt: the manifest does not match its checksum")
     try:
         manifest = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise refuse("corrupt: the manifest is not JSON") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise refuse(f"not an rramc executable (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise refuse(f"written in executable format {version} by rramc {manifest.get('rramc_version')}; this rramc reads "
                      f"format {FORMAT_VERSION} and older. Upgrade rramc, or recompile the model with this version.")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise refuse(f"corrupt: format_version {version!r} is not a version (1 to {FORMAT_VERSION})")
+    unknown = sorted(set(meta) - {"rramx.manifest", "rramx.manifest_sha256"})
+    if unknown:  # the header's metadata is rramc's alone: what else it holds was added after writing
+        raise refuse(f"corrupt: the header metadata has entries rramc does not write ({', '.join(map(repr, unknown[:3]))})")
     missing = [key for key, kind in (("target", dict), ("nodes", list), ("tensor_sha256", dict)) if not isinstance(manifest.get(key), kind)]
     if missing:
         raise refuse(f"corrupt: the manifest lacks {', '.join(missing)}")
+    metadata = manifest.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise refuse("corrupt: the manifest's metadata is not a mapping")
     try:
         tensors = safetensors.torch.load(data)
-    except Exception as exc:
+    except Exception as exc:  # safetensors' own error types vary between versions
         raise refuse(f"truncated or corrupt tensor data ({exc})") from None
-    for key, digest in manifest["tensor_sha256"].items():
+    digests = manifest["tensor_sha256"]
+    extra = sorted(set(tensors) - set(digests))
+    if extra:
+        raise refuse(f"corrupt: tensor '{extra[0]}' is not in the manifest" + (f" (nor {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    for key, digest in digests.items():
         if key not in tensors or _sha256_tensor(tensors[key], version) != digest:
             raise refuse(f"corrupt: tensor '{key}' does not match its checksum")
+    offsets = manifest.get("tensor_offsets")  # absent from files of rramc 0.2 and older
+    if offsets is not None:
+        if not isinstance(offsets, dict) or set(offsets) != set(tensors):
+            raise refuse("corrupt: the manifest's tensor_offsets do not list the file's tensors")
+        for key in sorted(tensors):
+            entry = header.get(key)
+            written = entry.get("data_offsets") if isinstance(entry, dict) else None
+            if written != offsets[key]:
+                raise refuse(f"corrupt: the header's data_offsets of tensor '{key}' are not the ones written "
+                             f"({written} instead of {offsets[key]})")
     try:
         target = Target.from_mapping(manifest["target"], f"{source} (embedded target)")
     except RramcError as exc:
@@ -178,19 +373,38 @@ def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]
     graph = Graph()
     try:
         for entry in manifest["nodes"]:
+            _check_entry(entry)
             if version < 2:
                 _migrate_v1(entry, target.to_mapping())
             cls = OPS.get(entry["kind"])
             if cls is None:
                 raise refuse(f"node %{entry['name']} uses op '{entry['kind']}', which this rramc does not know "
                              "(was it compiled with a plugin that is not installed?)")
-            op = cls(**{k: _decode(v, tensors) for k, v in entry["attrs"].items()})
+            attrs = {k: _decode(v, tensors) for k, v in entry["attrs"].items()}
+            _check_types(cls, attrs, f"node %{entry['name']} ({entry['kind']}):")
+            op = cls(**attrs)
+            if entry["name"] in graph:
+                raise ValueError(f"two nodes are named %{entry['name']}")
             graph.add(entry["name"], op, entry["inputs"], shape=tuple(entry["shape"]), meta=entry["meta"])
         graph.verify(after_pass="loading the executable")
     except ExecutableFormatError:
         raise
     except RramcError as exc:
         raise refuse(str(exc)) from None
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError, ArithmeticError) as exc:  # ArithmeticError: a number too large for a float
         raise refuse(f"corrupt: a graph node is malformed ({type(exc).__name__}: {exc})") from None
-    return graph, target, manifest.get("metadata", {})
+    return graph, target, metadata
+
+
+def _check_entry(entry: Any) -> None:
+    """Raise ``TypeError`` unless a manifest node entry has the fields, of the types, rramc writes."""
+    if not isinstance(entry, dict):
+        raise TypeError(f"a node is a {type(entry).__name__}, expected a mapping")
+    kinds = {"name": str, "kind": str, "inputs": list, "shape": list, "meta": dict, "attrs": dict}
+    for key, kind in kinds.items():
+        if not isinstance(entry.get(key), kind):
+            raise TypeError(f"node {str(entry.get('name'))[:40]!r}: '{key}' is {type(entry.get(key)).__name__}, expected {kind.__name__}")
+    if not all(isinstance(i, str) for i in entry["inputs"]):
+        raise TypeError(f"node %{entry['name']}: inputs must be node names")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in entry["shape"]):
+        raise TypeError(f"node %{entry['name']}: shape must be a list of integers")

@@ -52,7 +52,8 @@ class Report:
     evaluation: str = ""
     """How the runtime computed the column currents (and how far from exact)."""
     output_correlation: float = 1.0
-    """Pearson correlation of the chip's outputs with the float network's, over the data set."""
+    """Correlation of the chip's outputs with the float network's across the data set's samples (each
+    output centred on its mean: an offset both share does not count)."""
     clipped: dict[str, dict[str, int]] = field(default_factory=dict)
     """Per layer that clipped inputs: negative values it could not apply, values above full scale, inputs seen."""
     costs: dict[str, Any] = field(default_factory=dict)
@@ -61,7 +62,10 @@ class Report:
     """What in this result should not be trusted without a look."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Everything but the wall time: the same run writes the same JSON (``seconds`` is printed only)."""
+        data = asdict(self)
+        del data["seconds"]
+        return data
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
