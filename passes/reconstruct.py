@@ -90,6 +90,9 @@ class Reconstruct(Pass):
 
     def run(self, graph: Graph, ctx: CompileContext) -> Graph:
         seed = ctx.seed if self.seed is None else self.seed
+        # The network as given, before retraining changes it: the executable keeps it so that run reports
+        # show what the original network scores next to its device-aware model and the chip.
+        ctx.artifacts.setdefault("original", graph.copy())
         data = self.training_data(ctx)
         if len(data) == 0:
             raise PassError("the training data set is empty")

@@ -105,7 +105,8 @@ def compile(
     # Timings are kept on the executable, not in its file: the same compile writes the same bytes.
     info = {"source": source, "pipeline": ctx.artifacts.get("pipeline", ",".join(ctx.passes_run)),
             "warnings": list(ctx.warnings), **recorded, **(metadata or {})}
-    exe = Executable(lowered, target, info)
+    original = ctx.artifacts.get("original")
+    exe = Executable(lowered, target, info, original=original if isinstance(original, Graph) else None)
     exe.compile_seconds = time.perf_counter() - start
     exe.pass_seconds = dict(timings.timings)
     return exe

@@ -441,6 +441,9 @@ def test_targets_fields_lists_every_field_with_units() -> None:
     assert re.search(r"^  nonlinearity_k: ", text, re.MULTILINE)
     assert re.search(r"^  compliance: a number > 0 and <= 1 or null \[A\]", text, re.MULTILINE)
     assert re.search(r"^  sense_range: a number > 0 and <= 1 or null \[A\]", text, re.MULTILINE)
+    # every key a target file has, the top level's and the device model's included
+    assert re.search(r"^  name: ", text, re.MULTILINE) and re.search(r"^  description: .*optional", text, re.MULTILINE)
+    assert re.search(r"^  model: one of linear, power, sinh, sinh_state, table", text, re.MULTILINE)
 
 
 def test_targets_validates_and_describes_a_file(files: dict[str, Path]) -> None:

@@ -103,7 +103,9 @@ def test_declared_unsigned_inputs_clip_negative_values_and_say_so(name: str) -> 
     report = exe.run(rramc.Dataset("normalised", "test", x, torch.zeros(len(x), dtype=torch.long), 10))
     source = exe.graph.nodes_of(CrossbarOp)[0].source
     assert report.clipped == {source: {"negative": int((x < 0).sum()), "over_full_scale": 0, "inputs": x.numel()}}
-    assert len(report.warnings) == 1 and f"layer {source}" in report.warnings[0] and "negative values" in report.warnings[0]
+    assert f"layer {source}" in report.warnings[0] and "negative values" in report.warnings[0]
+    # losing half the inputs may also leave outputs that barely follow the float network's: that warning may join it
+    assert all("barely correlated" in w for w in report.warnings[1:]), report.warnings
 
 
 def test_a_dac_counts_inputs_above_the_declared_range() -> None:

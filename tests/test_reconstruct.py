@@ -128,3 +128,21 @@ def test_reconstruct_refuses_what_it_cannot_train(digits_train) -> None:  # type
     with pytest.raises(DatasetError, match="has samples of shape \\[1, 8, 8\\] .64 values., but the network takes \\[784\\]"):
         rramc.compile(big, "rram_a", torch.rand(2, 784), training_data=wrong_size,
                       pipeline="canonicalize,reconstruct,quantize,tile,calibrate,emit")
+
+
+def test_a_reconstructed_executable_keeps_the_network_as_given(clipped_mlp, digits_train, digits_test, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The run report of a reconstructed network shows the original network's accuracy too, also after save and load."""
+    calibration = digits_train.images[:256]
+    naive = rramc.compile(clipped_mlp, "rram_a", calibration)
+    rebuilt = rramc.compile(clipped_mlp, "rram_a", calibration, training_data=digits_train,
+                            pipeline="canonicalize,reconstruct{epochs=1,batch_size=64},quantize,tile,calibrate,emit")
+    assert naive.original is None and rebuilt.original is not None
+    assert not rebuilt.original.nodes_of(CrossbarOp) and rebuilt.original.nodes_of(Linear)
+    rebuilt = rramc.load_executable(rebuilt.save(tmp_path / "rebuilt.rramx"))
+    plain, report = naive.run(digits_test), rebuilt.run(digits_test)
+    assert plain.original_accuracy is None
+    assert report.original_accuracy == plain.float_accuracy  # the very network compiled naively
+    assert report.float_accuracy != plain.float_accuracy  # its device-aware model is another network
+    with torch.no_grad():
+        x = digits_test.images[:8]
+        assert torch.equal(rramc.Executable(rebuilt.original, rebuilt.target).reference(x), clipped_mlp(x))

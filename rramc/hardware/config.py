@@ -8,6 +8,7 @@ as a :class:`TargetError` naming the file, the dotted field and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from dataclasses import MISSING, dataclass
@@ -78,29 +79,46 @@ def _base_type(hint: Any) -> type:
     return hint
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong, _REPR.maxlevel = 60, 60, 30, 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a readable length, for messages (a YAML file may hold huge or self-referencing values)."""
+    return _REPR.repr(value)
+
+
 def check_value(f: dataclasses.Field[Any], hint: Any, value: Any, where: Location) -> Any:
     """Check one value against its field declaration; return it converted (int → float)."""
     kind = _base_type(hint)
     m = f.metadata
-    wrong = where.error(f"got {value!r}; expected {describe_allowed(f, hint)}")
+    original = value
+
+    def wrong() -> Exception:
+        return where.error(f"got {short_repr(original)}; expected {describe_allowed(f, hint)}")
+
     if value is None:
         if _optional(hint):
             return None
-        raise wrong
+        raise wrong()
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float (YAML reads 1 followed by 400 zeros as one)
+            raise wrong() from None
     if kind is int and isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise wrong
+        raise wrong()
     if m.get("choices") and value not in m["choices"]:
-        raise wrong
+        raise wrong()
     if kind in (int, float):
         low, high = m.get("low"), m.get("high")
         if value != value or (low is not None and (value <= low if m["low_open"] else value < low)):
-            raise wrong
+            raise wrong()
         if high is not None and value > high:
-            raise wrong
+            raise wrong()
     return value
 
 

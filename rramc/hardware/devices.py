@@ -133,7 +133,7 @@ class SinhDevice(DeviceModel):
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], where: Location, ctx: DeviceContext) -> DeviceModel:
-        if "nonlinearity_k" in data and "k_voltage" not in data:
+        if data.get("nonlinearity_k") is not None and data.get("k_voltage") is None:  # absent or null: the default
             data = {**data, "k_voltage": ctx.read_voltage}
         return build(cls, data, where)
 
@@ -262,11 +262,20 @@ class TableDevice(DeviceModel):
             if missing or set(data) - {"voltages", "states", "currents"}:
                 raise where.error("a table device takes 'file', or exactly 'voltages', 'states' and 'currents'")
         try:
-            voltages = tuple(float(v) for v in data["voltages"])
-            states = tuple(float(s) for s in data["states"])
-            currents = tuple(tuple(float(i) for i in row) for row in data["currents"])
-        except (TypeError, ValueError):
-            raise where.error("voltages, states and currents must be numbers") from None
+            voltages = tuple(_number(v) for v in data["voltages"])
+            states = tuple(_number(s) for s in data["states"])
+            currents = tuple(tuple(_number(i) for i in row) for row in data["currents"])
+        except (TypeError, ValueError, OverflowError):
+            raise where.error("voltages, states and currents must be lists of numbers (currents: one list per voltage)") from None
+        for name, values in (("voltages", voltages), ("states", states)):
+            bad = next((k for k, x in enumerate(values) if not math.isfinite(x)), None)
+            if bad is not None:
+                raise where.child(name).error(f"entry {bad} is {values[bad]}; every value must be a finite number")
+        for r, row in enumerate(currents):
+            bad = next((k for k, x in enumerate(row) if not math.isfinite(x)), None)
+            if bad is not None:
+                at = f" (at {voltages[r]:g} V)" if r < len(voltages) else ""
+                raise where.child("currents").error(f"row {r}{at}, entry {bad}: {row[bad]}; every current must be a finite number")
         _check_table(voltages, states, currents, ctx, where)
         return cls(voltages=voltages, states=states, currents=currents, file=file)
 
@@ -300,21 +309,47 @@ def _bracket(grid: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     return i, t
 
 
+def _number(value: Any) -> float:
+    """A number of an inline table; not a string (``float("1")`` would pass one), not a bool."""
+    if isinstance(value, (str, bytes, bool)) or value is None:
+        raise TypeError(f"not a number: {value!r}")
+    return float(value)
+
+
 def _read_iv_csv(path: Path, where: Location) -> dict[str, Any]:
     try:
-        with path.open(newline="") as f:
-            rows = [r for r in csv.reader(f) if r and not r[0].lstrip().startswith("#")]
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            rows = []  # (line number in the file, cells), comment and blank lines left out
+            for r in reader:
+                if r and not r[0].lstrip().startswith("#"):
+                    rows.append((reader.line_num, r))
     except OSError as exc:
-        raise where.error(f"cannot read the I-V table {path}: {exc.strerror}") from None
-    if len(rows) < 3 or len(rows[0]) < 3:
+        raise where.error(f"cannot read the I-V table {path}: {exc.strerror or exc}") from None
+    except (ValueError, csv.Error) as exc:  # not UTF-8 text (UnicodeDecodeError), a NUL byte, a path with a NUL
+        raise where.error(f"cannot read the I-V table {path}: not a CSV text file ({exc})") from None
+    if len(rows) < 3 or len(rows[0][1]) < 3:
         raise where.error(f"{path}: expected a header 'voltage,<G1>,<G2>,...' and at least two rows of two or more states")
-    try:
-        states = [float(s) for s in rows[0][1:]]
-        body = [[float(x) for x in r] for r in rows[1:]]
-    except ValueError as exc:
-        raise where.error(f"{path}: not a number: {exc}") from None
-    if any(len(r) != len(rows[0]) for r in body):
-        raise where.error(f"{path}: every row needs {len(rows[0])} values")
+    header_line, header = rows[0]
+    columns = ["voltage"] + [f"state {s.strip()}" for s in header[1:]]
+
+    def number(text: str, line: int, column: int, what: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise where.error(f"{path}, line {line}, column {column + 1} ({what}): not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise where.error(f"{path}, line {line}, column {column + 1} ({what}): {text.strip()!r} is not a finite number; "
+                              "every voltage, state and current must be one") from None
+        return value
+
+    states = [number(s, header_line, k + 1, "the header's conductance of a state [S]") for k, s in enumerate(header[1:])]
+    body = []
+    for line, r in rows[1:]:
+        if len(r) != len(header):
+            raise where.error(f"{path}, line {line}: {len(r)} values; every row needs {len(header)} "
+                              f"(a voltage and {len(header) - 1} currents)")
+        body.append([number(x, line, k, columns[k] + (" [V]" if k == 0 else " current [A]")) for k, x in enumerate(r)])
     return {"voltages": [r[0] for r in body], "states": states, "currents": [r[1:] for r in body]}
 
 

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 import yaml
 
 from rramc.errors import TargetError
-from rramc.hardware.config import Location, build, spec_field, to_mapping
+from rramc.hardware.config import Location, build, short_repr, spec_field, to_mapping
 from rramc.hardware.currents import ReadCurrents, check_limits, read_currents
 from rramc.hardware.devices import DEVICE_MODELS, DeviceContext, DeviceModel
 
@@ -141,6 +144,7 @@ class Target:
         _check_encodings(crossbar, top.child("crossbar"))
         wires = _build_wires(data.get("wires") or {"model": "ideal"}, top.child("wires"))
         target = cls(name, device, conductance, crossbar, nonidealities, description, source, wires)
+        _check_read_currents(target, top)
         check_limits(target, top)
         return target
 
@@ -240,6 +244,56 @@ def _build_wires(data: Any, where: Location) -> ColumnSolver:
     return COLUMN_SOLVERS.get(model).from_mapping({k: v for k, v in data.items() if k != "model"}, where)
 
 
+def _check_read_currents(target: Target, where: Location) -> None:
+    """Refuse a target whose cells' read currents are not finite, or do not rise from g_min to g_max.
+
+    Every field may be in its range while together they overflow: a ``sinh`` cell with ``b: 100``
+    read at 10 V carries ``G·sinh(1000)/100``, beyond any float, and the calibration and the DAC
+    tables would index with NaN. The currents are computed in float64 (what the mapping uses) and
+    in float32 (what the chip runs in by default), for ``g_min``, ``g_max`` and a grid between them,
+    and for a whole column of cells at the larger one.
+    """
+    c, x, device = target.conductance, target.crossbar, target.device
+    fields = _current_fields(target)
+    for dtype in (torch.float64, torch.float32):
+        g = torch.linspace(c.g_min, c.g_max, 65, dtype=torch.float64).to(dtype)
+        g[0], g[-1] = c.g_min, c.g_max  # the window's ends exactly (linspace may round them)
+        try:
+            with torch.no_grad():
+                i = device.current(torch.full_like(g, x.read_voltage), g)
+        except (ArithmeticError, ValueError, RuntimeError) as exc:
+            raise where.child("device").error(f"its current at the read voltage cannot be computed ({exc}); check {fields}") from None
+        bad = ~torch.isfinite(i)
+        if bool(bad.any()):
+            k = int(torch.nonzero(bad)[0])
+            at = "g_min" if k == 0 else "g_max" if k == len(g) - 1 else f"G = {float(g[k]):.3g} S"
+            value = float(i[k])
+            raise where.child("device").error(
+                f"a cell at {at} carries {value} A at crossbar.read_voltage = {x.read_voltage:g} V "
+                f"(computed in {str(dtype).removeprefix('torch.')}{', the precision the chip runs in' if dtype == torch.float32 else ''}): "
+                f"the device's fields and the read voltage together overflow ({fields}); lower the nonlinearity (or raise the "
+                "voltage it is given at) or the read voltage")
+        column = i.abs().max() * x.rows
+        if not bool(torch.isfinite(column)):
+            raise where.child("crossbar").child("rows").error(
+                f"a column of {x.rows} cells at their largest read current ({float(i.abs().max()):.3g} A each at "
+                f"{x.read_voltage:g} V) carries more current than {str(dtype).removeprefix('torch.')} holds "
+                f"({fields}); lower the nonlinearity, the read voltage or the rows")
+        if dtype == torch.float64 and not float(i[-1]) > float(i[0]):
+            raise where.child("device").error(
+                f"the read current at crossbar.read_voltage = {x.read_voltage:g} V must rise from g_min to g_max, but a cell "
+                f"carries {float(i[0]):.6g} A at g_min = {c.g_min:g} S and {float(i[-1]):.6g} A at g_max = {c.g_max:g} S "
+                f"({fields}); otherwise a conductance cannot be told from its read current")
+
+
+def _current_fields(target: Target) -> str:
+    """The fields that decide the read currents, with their values, for messages."""
+    device = ", ".join(f"device.{k} = {v:g}" if isinstance(v, float) else f"device.{k} = {v}"
+                       for k, v in target.device.to_mapping().items() if not isinstance(v, (list, tuple)))
+    c = target.conductance
+    return f"{device}, conductance.g_min = {c.g_min:g}, conductance.g_max = {c.g_max:g}"
+
+
 def _build_device(data: Any, where: Location, ctx: DeviceContext) -> DeviceModel:
     if not isinstance(data, dict) or "model" not in data:
         raise where.child("model").error(f"missing; expected one of {', '.join(DEVICE_MODELS.names())}")
@@ -256,17 +310,35 @@ def builtin_targets() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("rramc.targets").iterdir() if p.name.endswith(".yaml"))
 
 
-def load_target(spec: str | Path | Target) -> Target:
+def load_target(spec: str | os.PathLike[str] | Target) -> Target:
     """Load a target from a YAML file path or a builtin name (``ideal``, ``rram_a``, ``rram_b``)."""
     if isinstance(spec, Target):
         return spec
-    path = Path(spec)
+    if not isinstance(spec, (str, os.PathLike)):
+        accepts = (f"a builtin target name ({', '.join(builtin_targets())}), the path of a target YAML file, "
+                   "or a Target")
+        hint = ""
+        if isinstance(spec, dict):
+            hint = ("; to use a mapping of sections (name, device, conductance, crossbar, ...), build the target with "
+                    "rramc.Target.from_mapping(mapping), or write the mapping to a YAML file and pass its path")
+        raise TargetError(f"a target must be {accepts}; got {short_repr(spec)} ({type(spec).__name__}){hint}")
+    try:
+        path = Path(spec)
+    except TypeError:  # an os.PathLike whose __fspath__ returns bytes
+        raise TargetError(f"a target path must be text, got {short_repr(spec)}") from None
+    if not str(spec).strip():
+        raise TargetError(f"the target is an empty string; expected a builtin target name ({', '.join(builtin_targets())}) "
+                          "or the path of a target YAML file")
     if path.suffix in (".yaml", ".yml") or path.exists():
         if path.is_dir():
             raise TargetError(f"target {path} is a directory, expected a YAML file")
         if not path.is_file():
             raise TargetError(f"target file {path} does not exist; builtin targets: {', '.join(builtin_targets())}")
-        return _load_file(path.read_text(encoding="utf-8", errors="replace"), str(path), path.parent)
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise TargetError(f"cannot read the target file {path}: {exc.strerror or exc}") from None
+        return _load_file(text, str(path), path.parent)
     name = str(spec)
     if name not in builtin_targets():
         raise TargetError(f"unknown target '{name}': not a file, and the builtin targets are {', '.join(builtin_targets())}")
@@ -275,15 +347,65 @@ def load_target(spec: str | Path | Target) -> Target:
         return _load_file(resource.read_text(encoding="utf-8"), f"builtin target {name} ({real.name})", real.parent)
 
 
+class _TargetYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys, and reading ``1e4`` as a number.
+
+    A duplicate key would otherwise keep its last value silently. YAML 1.1 (PyYAML) reads an
+    exponent without a dot and a sign (``1e4``, ``2.5e6``) as a string; YAML 1.2 and every other
+    tool read a number, and so does this loader.
+    """
+
+    source = "<text>"
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # '<<: *anchor' merges; a key after it overrides the merged one on purpose
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: the base class refuses it with a located message
+                if first is not key_node:
+                    raise TargetError(
+                        f"{self.source}: duplicate key {short_repr(key)} at lines {first.start_mark.line + 1} and "
+                        f"{key_node.start_mark.line + 1} (in the mapping that starts at line {node.start_mark.line + 1}); "
+                        "a key may appear once per mapping: remove one")
+        return super().construct_mapping(node, deep=deep)
+
+
+_TargetYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    loader = _TargetYamlLoader(text)
+    loader.source = source
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _load_file(text: str, source: str, directory: Path) -> Target:
     try:
-        data = yaml.safe_load(text)
+        data = _parse_yaml(text, source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise TargetError(f"{source}: not valid YAML{line}: {problem}") from None
-    return Target.from_mapping(data, source, directory)
+    except RecursionError:
+        raise TargetError(f"{source}: not a target: its YAML is nested too deeply") from None
+    try:
+        return Target.from_mapping(data, source, directory)
+    except RecursionError:  # a self-referencing structure (an alias inside its own anchor)
+        raise TargetError(f"{source}: not a target: it refers to itself (a YAML alias inside its own anchor)") from None
 
 
 def target_fields() -> dict[str, list[tuple[str, str]]]:
@@ -291,6 +413,9 @@ def target_fields() -> dict[str, list[tuple[str, str]]]:
     from rramc.hardware.config import field_docs
 
     sections: dict[str, list[tuple[str, str]]] = {
+        "(top level)": [("name", "a string (the target's name: reports and executables show it)"),
+                        ("description", "a string, optional (what the target models, and the sources of its numbers)")],
+        "device": [("model", f"one of {', '.join(DEVICE_MODELS.names())} (the cell's I-V model; its fields follow below)")],
         "conductance": field_docs(ConductanceSpec),
         "crossbar": field_docs(CrossbarSpec),
         "nonidealities": field_docs(NonidealitySpec),

@@ -122,13 +122,14 @@ def evaluate(
     layers = exe.graph.nodes_of(CrossbarOp)
     keep = sorted({n.name for n in layers} | {n.inputs[0] for n in layers})
     reference = Interpreter(exe.graph, FloatKernel(), device=device)
+    original = None if exe.original is None else Interpreter(exe.original, FloatKernel(), device=device)
     noise = chip.noise()
     diagnostics = None if noise is None else torch.Generator(device=chip.device).manual_seed(seed * 2 + 2)
     errors, clips = LayerErrors(chip, layers, diagnostics), ClipCounter()
     costs = [COST_OBSERVERS.get(name)() for name in cost]
     simulate = chip.interpreter([clips, *costs, errors], noise)
     correlation = _Correlation()
-    correct_float = correct_chip = agree = 0
+    correct_float = correct_chip = agree = correct_original = 0
     start = time.perf_counter()
     total = -(-len(dataset) // batch_size)
     for images, labels in _progress(dataset.batches(batch_size), total, progress, f"{dataset.name} on {exe.target.name}"):
@@ -139,6 +140,8 @@ def evaluate(
         labels = labels.to(device)
         float_pred, chip_pred = ref_out.argmax(1), out.argmax(1)
         correct_float += int((float_pred == labels).sum())
+        if original is not None:
+            correct_original += int((original(x).argmax(1) == labels).sum())
         correct_chip += int((chip_pred == labels).sum())
         agree += int((float_pred == chip_pred).sum())
     n = len(dataset)
@@ -150,6 +153,7 @@ def evaluate(
         float_accuracy=correct_float / n, chip_accuracy=correct_chip / n, agreement=agree / n, layers=reports,
         seconds=time.perf_counter() - start, target_description=exe.target.describe(), evaluation=exe.device_evaluation(),
         reference=_reference_label(exe), output_correlation=correlation.value(),
+        original_accuracy=None if original is None else correct_original / n,
         clipped={layer: {"negative": neg, "over_full_scale": over, "inputs": count} for layer, (neg, over, count) in clipped.items()},
         costs={observer.name: observer.summary(n) for observer in costs},
     )

@@ -30,8 +30,11 @@ class Executable:
     seed is built once and kept (:meth:`chip`); treat the graph as read-only.
     """
 
-    def __init__(self, graph: Graph, target: Target, metadata: dict[str, Any] | None = None) -> None:
+    def __init__(self, graph: Graph, target: Target, metadata: dict[str, Any] | None = None, *,
+                 original: Graph | None = None) -> None:
         self.graph, self.target = graph, target
+        self.original = original
+        """The float network as given, when compiling changed it (``reconstruct`` retrains it); None otherwise."""
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.compile_seconds: float | None = None
         self.pass_seconds: dict[str, float] = {}
@@ -96,7 +99,7 @@ class Executable:
         """Write the executable file (atomically: no partial file on failure)."""
         path = Path(path)
         try:
-            write_atomically(path, serialize(self.graph, self.target, self.metadata))
+            write_atomically(path, serialize(self.graph, self.target, self.metadata, self.original))
         except OSError as exc:
             raise RramcError(f"cannot write the executable to {path}: {exc.strerror or exc}") from None
         return path
@@ -114,8 +117,8 @@ class Executable:
                                         f"(rramc compile {path} -t TARGET)")
         if kind in ("report", "png", "empty"):
             raise ExecutableFormatError(f"{path} is {describe_kind(kind)}, not an rramc executable (.rramx, written by rramc compile)")
-        graph, target, metadata = deserialize(path.read_bytes(), str(path))
-        return cls(graph, target, metadata)
+        graph, target, metadata, original = deserialize(path.read_bytes(), str(path))
+        return cls(graph, target, metadata, original=original)
 
     # --- layout --------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ executable or from a newer format is refused with a message saying so.
 
 What the checksums pin: the manifest (its sha256), and through it every entry of the safetensors
 header: the set of tensor names (exactly the manifest's), each tensor's dtype, shape and bytes
-(its sha256) and its ``data_offsets`` (``tensor_offsets``, written since rramc 0.3; older files
+(its sha256) and its ``data_offsets`` (``tensor_offsets``; files written before it was added
 do not have it and need not: with every tensor's bytes pinned, offsets can only be permuted
 among byte-identical tensors). The tensors cover the data section without gaps (safetensors
 checks it), so every byte of it is pinned too. What is not pinned is the header's JSON text
@@ -30,6 +30,7 @@ import tempfile
 import time
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Union
 
@@ -148,16 +149,17 @@ def _migrate_v1(entry: dict[str, Any], target: dict[str, Any]) -> None:
     meta.pop("input_signed", None)
 
 
-def serialize(graph: Graph, target: Target, metadata: dict[str, Any]) -> bytes:
-    """The bytes of an executable file."""
+ORIGINAL_PREFIX = "original/"
+"""Tensor keys of the original network (``original_nodes``), apart from the program's ``<node>.<attribute>``."""
+
+
+def serialize(graph: Graph, target: Target, metadata: dict[str, Any], original: Graph | None = None) -> bytes:
+    """The bytes of an executable file; ``original`` is the float network as given, when compiling changed it."""
     from rramc._version import __version__
 
     tensors: dict[str, torch.Tensor] = {}
-    nodes = []
-    for node in graph:
-        attrs = {f.name: _encode(getattr(node.op, f.name), f"{node.name}.{f.name}", tensors) for f in dataclasses.fields(node.op)}
-        nodes.append({"name": node.name, "kind": node.op.kind, "inputs": node.inputs, "shape": list(node.shape),
-                      "meta": node.meta, "attrs": attrs})
+    nodes = _encode_graph(graph, "", tensors)
+    original_nodes = None if original is None else _encode_graph(original, ORIGINAL_PREFIX, tensors)
     # Where safetensors puts each tensor's bytes does not depend on the metadata: lay them out
     # once without it to record the offsets in the manifest, which the metadata then carries.
     offsets = {k: v["data_offsets"] for k, v in _parse_header(safetensors.torch.save(tensors))[0].items() if k != "__metadata__"}
@@ -171,13 +173,37 @@ def serialize(graph: Graph, target: Target, metadata: dict[str, Any]) -> bytes:
         "tensor_sha256": {k: _sha256_tensor(t) for k, t in tensors.items()},
         "tensor_offsets": offsets,
     }
+    if original_nodes is not None:
+        manifest["original_nodes"] = original_nodes
     text = json.dumps(manifest, sort_keys=True)
     header = {"rramx.manifest": text, "rramx.manifest_sha256": hashlib.sha256(text.encode()).hexdigest()}
-    data = safetensors.torch.save(tensors, metadata=header)
+    data = _with_canonical_header(safetensors.torch.save(tensors, metadata=header))
     written = {k: v["data_offsets"] for k, v in _parse_header(data)[0].items() if k != "__metadata__"}
     if written != offsets:  # pragma: no cover - safetensors changed how it lays out tensors
         raise RuntimeError("safetensors laid the tensors out differently with metadata than without")
     return data
+
+
+def _with_canonical_header(data: bytes) -> bytes:
+    """``data`` with its header's metadata entries in one order: safetensors writes them from a hash
+    map, in an order that varies from one call to the next, and the same executable must be the
+    same bytes. The JSON is rewritten in safetensors' own compact form and padded to the same length."""
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # pragma: no cover - the same entries, reordered, never take more room
+        raise RuntimeError("the canonical safetensors header is longer than the one written")
+    return data[:8] + text + b" " * (size - len(text)) + data[8 + size:]
+
+
+def _encode_graph(graph: Graph, prefix: str, tensors: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    nodes = []
+    for node in graph:
+        attrs = {f.name: _encode(getattr(node.op, f.name), f"{prefix}{node.name}.{f.name}", tensors) for f in dataclasses.fields(node.op)}
+        nodes.append({"name": node.name, "kind": node.op.kind, "inputs": node.inputs, "shape": list(node.shape),
+                      "meta": node.meta, "attrs": attrs})
+    return nodes
 
 
 def _parse_header(data: bytes) -> tuple[Any, int]:
@@ -212,6 +238,8 @@ def _parse_header(data: bytes) -> tuple[Any, int]:
 
 STALE_TEMP_SECONDS = 600
 """A temporary file of an interrupted write older than this is removed by the next write (see :func:`write_atomically`)."""
+DEAD_WRITER_GRACE_SECONDS = 60
+"""A temporary file whose writer is gone is removed once it is this old (see :func:`remove_stale_temp_files`)."""
 
 
 def _temp_prefix(name: str) -> str:
@@ -248,17 +276,20 @@ def remove_stale_temp_files(path: Path, *, now: float | None = None) -> list[Pat
     """Remove the temporary files that interrupted writes of ``path`` left in its folder; return them.
 
     Only the temporary files of this very output are considered: ``.<name>.<host>-<pid>.<random>.tmp``
-    (and ``.<name>.<random>.tmp``, as rramc 0.2 named them), never another output's or a user's
+    (and ``.<name>.<random>.tmp``, as rramc named them before), never another output's or a user's
     file. One is stale, and removed, when
 
-    * the process that wrote it is gone: same host (the name carries a hash of the host name) and
-      no process with its pid. A live writer's file is never removed this way; on another host (a
-      shared network folder) a pid says nothing, and on Windows ``os.kill`` would kill, so there
-      only the age counts. A dead writer's pid reused by a new process keeps its file until
-      the age rule applies;
-    * or it is older than :data:`STALE_TEMP_SECONDS` (10 minutes) by its modification time. The
-      write is one ``write`` of bytes already in memory, so a live writer's file is seconds old;
-      ten minutes leaves room for slow network file systems and clock skew between hosts.
+    * the process that wrote it is gone (same host: the name carries a hash of the host name; no
+      process with its pid) and the file is at least :data:`DEAD_WRITER_GRACE_SECONDS` (a minute)
+      old. This clears what a killed writer left at the next write a minute later, without
+      waiting for the age rule. The minute guards the cases where "no such pid" is wrong: a
+      writer in another PID namespace (a container sharing this folder and host name) whose
+      write is in progress. On another host (a shared network folder) a pid says nothing, and on
+      Windows ``os.kill`` would kill, so there only the age counts. A dead writer's pid reused by
+      a new process keeps its file until the age rule applies;
+    * or it is older than :data:`STALE_TEMP_SECONDS` (10 minutes) by its modification time, whoever
+      wrote it. The write is one ``write`` of bytes already in memory, so a live writer's file is
+      seconds old; ten minutes leaves room for slow network file systems and clock skew.
 
     Failures to list or remove (permissions, a concurrent writer removing the same file) are
     ignored: cleaning up must never fail the write.
@@ -279,8 +310,9 @@ def remove_stale_temp_files(path: Path, *, now: float | None = None) -> list[Pat
             if not entry.is_file(follow_symlinks=False):
                 continue
             host, pid = match.group(1), match.group(2)
-            dead = host == _HOST and pid is not None and not _alive(int(pid))
-            if dead or now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_SECONDS:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+            dead = host == _HOST and pid is not None and age >= DEAD_WRITER_GRACE_SECONDS and not _alive(int(pid))
+            if dead or age > STALE_TEMP_SECONDS:
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
         except OSError:
@@ -301,8 +333,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]]:
-    """Parse and check an executable file's bytes."""
+def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any], Graph | None]:
+    """Parse and check an executable file's bytes: the program, its target, its metadata and the original network (if kept)."""
     def refuse(problem: str) -> ExecutableFormatError:
         return ExecutableFormatError(f"{source}: {problem}")
 
@@ -356,7 +388,7 @@ def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]
     for key, digest in digests.items():
         if key not in tensors or _sha256_tensor(tensors[key], version) != digest:
             raise refuse(f"corrupt: tensor '{key}' does not match its checksum")
-    offsets = manifest.get("tensor_offsets")  # absent from files of rramc 0.2 and older
+    offsets = manifest.get("tensor_offsets")  # absent from files written before it was added
     if offsets is not None:
         if not isinstance(offsets, dict) or set(offsets) != set(tensors):
             raise refuse("corrupt: the manifest's tensor_offsets do not list the file's tensors")
@@ -370,9 +402,19 @@ def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]
         target = Target.from_mapping(manifest["target"], f"{source} (embedded target)")
     except RramcError as exc:
         raise refuse(f"its target spec is invalid: {exc}") from None
+    original_nodes = manifest.get("original_nodes")
+    if original_nodes is not None and not isinstance(original_nodes, list):
+        raise refuse("corrupt: the manifest's original_nodes is not a list")
+    graph = _decode_graph(manifest["nodes"], tensors, version, target, refuse, "the executable")
+    original = None if original_nodes is None else _decode_graph(original_nodes, tensors, version, target, refuse, "the original network")
+    return graph, target, metadata, original
+
+
+def _decode_graph(entries: list[Any], tensors: dict[str, torch.Tensor], version: int, target: Target,
+                  refuse: Callable[[str], ExecutableFormatError], what: str) -> Graph:
     graph = Graph()
     try:
-        for entry in manifest["nodes"]:
+        for entry in entries:
             _check_entry(entry)
             if version < 2:
                 _migrate_v1(entry, target.to_mapping())
@@ -386,14 +428,14 @@ def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]
             if entry["name"] in graph:
                 raise ValueError(f"two nodes are named %{entry['name']}")
             graph.add(entry["name"], op, entry["inputs"], shape=tuple(entry["shape"]), meta=entry["meta"])
-        graph.verify(after_pass="loading the executable")
+        graph.verify(after_pass=f"loading {what}")
     except ExecutableFormatError:
         raise
     except RramcError as exc:
         raise refuse(str(exc)) from None
     except (KeyError, TypeError, AttributeError, ValueError, ArithmeticError) as exc:  # ArithmeticError: a number too large for a float
-        raise refuse(f"corrupt: a graph node is malformed ({type(exc).__name__}: {exc})") from None
-    return graph, target, metadata
+        raise refuse(f"corrupt: a graph node of {what} is malformed ({type(exc).__name__}: {exc})") from None
+    return graph
 
 
 def _check_entry(entry: Any) -> None:

@@ -51,6 +51,8 @@ class Report:
     device-aware model (its I-V with continuous conductances and ideal converters)."""
     evaluation: str = ""
     """How the runtime computed the column currents (and how far from exact)."""
+    original_accuracy: float | None = None
+    """For a reconstructed network: the accuracy of the float network as it was given, before retraining."""
     output_correlation: float = 1.0
     """Correlation of the chip's outputs with the float network's across the data set's samples (each
     output centred on its mean: an offset both share does not count)."""
@@ -85,10 +87,15 @@ class Report:
             console.print(f"  {self.target_description}", style="dim", highlight=False)
         if self.evaluation:
             console.print(f"  columns: {self.evaluation}", style="dim", highlight=False)
-        console.print(f"  {self.reference + ' accuracy':25s}: {100 * self.float_accuracy:6.2f} %")
-        console.print(f"  simulated chip accuracy  : {100 * self.chip_accuracy:6.2f} %   "
-                      f"({100 * (self.chip_accuracy - self.float_accuracy):+.2f} points)")
-        console.print(f"  same prediction as float : {100 * self.agreement:6.2f} %")
+        lines = [(f"{self.reference} accuracy", f"{100 * self.float_accuracy:6.2f} %"),
+                 ("simulated chip accuracy", f"{100 * self.chip_accuracy:6.2f} %   "
+                                             f"({100 * (self.chip_accuracy - self.float_accuracy):+.2f} points)"),
+                 ("same prediction as float", f"{100 * self.agreement:6.2f} %")]
+        if self.original_accuracy is not None:
+            lines.insert(0, ("float (PyTorch) as given, before reconstruction", f"{100 * self.original_accuracy:6.2f} %"))
+        width = max(len(label) for label, _ in lines)
+        for label, value in lines:
+            console.print(f"  {label:{width}s} : {value}", highlight=False)
         table = Table(title="Where the error comes from (relative error of each crossbar layer's output)", title_justify="left")
         for column in ("layer", "op", "matrix", "tiles", "this layer alone", "accumulated"):
             table.add_column(column, justify="left" if column in ("layer", "op") else "right")
