@@ -26,6 +26,9 @@ errors = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+FLAG = ""
+"""The metavar of boolean flags: they take no value, so their help shows none (typer would print <bool>)."""
+
 SEED_MAX = 2**63 - 1
 """torch generators take seeds up to a signed 64-bit integer."""
 
@@ -70,7 +73,7 @@ def compile(
     target: Annotated[str, typer.Option("--target", "-t", help="target YAML file or builtin name (ideal, rram_a, rram_b)")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="executable file to write [default: MODEL's name with .rramx]")] = None,
     factory: Annotated[Optional[str], typer.Option("--model", "-m", help="module:function building the network, for a state_dict")] = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow loading a pickled nn.Module (runs code from the file)")] = False,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow loading a pickled nn.Module (runs code from the file)", metavar=FLAG)] = False,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="per-sample input shape, e.g. 1,28,28 [default: the data set's]")] = None,
     calibration: Annotated[Optional[str], typer.Option("--calibration", "-c", help="data set to calibrate on (train split) [default: the one recorded in the .pt2]")] = None,
     data_dir: DataDirOption = None,
@@ -78,10 +81,10 @@ def compile(
     pipeline: Annotated[Optional[str], typer.Option("--pipeline", help="a named pipeline: default, naive, least_squares, reconstruct")] = None,
     passes: Annotated[Optional[str], typer.Option("--passes", "-p", help="pipeline text, e.g. 'canonicalize,quantize{levels=16},tile,calibrate,emit'")] = None,
     skip: Annotated[Optional[list[str]], typer.Option("--skip", help="skip a pass of the pipeline (repeatable)")] = None,
-    print_ir: Annotated[bool, typer.Option("--print-ir", help="print the IR after every pass")] = False,
-    time_passes: Annotated[bool, typer.Option("--time-passes", help="print how long each pass took")] = False,
+    print_ir: Annotated[bool, typer.Option("--print-ir", help="print the IR after every pass", metavar=FLAG)] = False,
+    time_passes: Annotated[bool, typer.Option("--time-passes", help="print how long each pass took", metavar=FLAG)] = False,
     seed: Annotated[int, typer.Option(help="seed for passes that draw random numbers", min=0, max=SEED_MAX)] = 0,
-    reconstruct: Annotated[bool, typer.Option("--reconstruct", help="retrain the network through the target's device I-V (Kim et al.)")] = False,
+    reconstruct: Annotated[bool, typer.Option("--reconstruct", help="retrain the network through the target's device I-V (Kim et al.)", metavar=FLAG)] = False,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="training data set for --reconstruct [default: the calibration data set]")] = None,
     epochs: Annotated[int, typer.Option(help="--reconstruct: training epochs")] = 3,
     optimizer: Annotated[str, typer.Option(help="--reconstruct: adam, or sgd (momentum 0.9)")] = "adam",
@@ -91,7 +94,7 @@ def compile(
     train_samples: Annotated[Optional[int], typer.Option(help="--reconstruct: use at most this many training samples")] = None,
     in_loop: Annotated[Optional[str], typer.Option(help="--reconstruct: also train through levels,converters,variation,wires (comma-separated)")] = None,
     pass_files: Annotated[Optional[list[Path]], typer.Option("--pass-file", help="a local .py file defining rramc.Pass subclasses, usable in --passes (repeatable; runs its code)")] = None,
-    force: Annotated[bool, typer.Option("--force", help="replace an existing output that is not an executable compiled from MODEL")] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing output that is not an executable compiled from MODEL", metavar=FLAG)] = False,
 ) -> None:
     """Compile MODEL for a target into one executable file."""
     import warnings
@@ -212,9 +215,9 @@ def run(
     limit: Annotated[Optional[int], typer.Option(help="evaluate the first N samples only")] = None,
     seed: Annotated[int, typer.Option(help="chip instance: programming variation, faults and read noise", min=0, max=SEED_MAX)] = 0,
     device: Annotated[str, typer.Option(help="torch device to simulate on (cpu, cuda)")] = "cpu",
-    download: Annotated[bool, typer.Option(help="download the data set if it is missing (needs the network)")] = False,
+    download: Annotated[bool, typer.Option(help="download the data set if it is missing (needs the network)", metavar=FLAG)] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the report as JSON")] = None,
-    force: Annotated[bool, typer.Option("--force", help="replace an existing --json file that is not an rramc report")] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --json file that is not an rramc report", metavar=FLAG)] = False,
 ) -> None:
     """Run an executable on a data set and report float vs simulated-chip accuracy."""
     if json_path is not None:
@@ -248,8 +251,8 @@ def _torch_device(name: str) -> str:
 @reports_errors
 def inspect(
     executable: Annotated[Path, typer.Argument(help="an .rramx file")],
-    ir: Annotated[bool, typer.Option("--ir/--no-ir", help="print the IR")] = True,
-    tiles: Annotated[bool, typer.Option("--tiles/--no-tiles", help="list every tile and its array")] = True,
+    ir: Annotated[bool, typer.Option("--ir/--no-ir", help="print the IR", metavar=FLAG)] = True,
+    tiles: Annotated[bool, typer.Option("--tiles/--no-tiles", help="list every tile and its array", metavar=FLAG)] = True,
 ) -> None:
     """Show an executable's target, IR, tiles and array utilisation."""
     from rramc.runtime.executable import load_executable
@@ -302,7 +305,7 @@ def passes() -> None:
 @reports_errors
 def targets(
     name: Annotated[Optional[str], typer.Argument(help="a builtin name or YAML file to validate and describe")] = None,
-    fields: Annotated[bool, typer.Option("--fields", help="list every field a target file may set")] = False,
+    fields: Annotated[bool, typer.Option("--fields", help="list every field a target file may set", metavar=FLAG)] = False,
 ) -> None:
     """List the builtin targets, validate a target file, or show the fields of the format."""
     from rramc.hardware import builtin_targets, load_target
@@ -344,7 +347,7 @@ def sweep(
     lr: Annotated[Optional[float], typer.Option(help="reconstruction learning rate [default: 0.001 adam, 0.05 sgd]")] = None,
     train_samples: Annotated[Optional[int], typer.Option(help="train on at most this many samples")] = None,
     test_samples: Annotated[Optional[int], typer.Option(help="evaluate on at most this many test samples")] = None,
-    reconstruct: Annotated[bool, typer.Option("--reconstruct/--no-reconstruct", help="include the reconstructed network")] = True,
+    reconstruct: Annotated[bool, typer.Option("--reconstruct/--no-reconstruct", help="include the reconstructed network", metavar=FLAG)] = True,
     seed: Annotated[int, typer.Option(help="seed of calibration sampling and training", min=0, max=SEED_MAX)] = 0,
 ) -> None:
     """Accuracy of the conventional mapping vs the reconstructed network across chip settings.
@@ -398,7 +401,7 @@ def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="where to write the naive executable; the reconstructed one "
                                          "goes next to it as <name>_reconstructed.rramx")] = Path("digits_mlp.rramx"),
     epochs: Annotated[int, typer.Option(help="reconstruction epochs", min=1)] = 3,
-    force: Annotated[bool, typer.Option("--force", help="replace existing outputs that are not the demo's executables")] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace existing outputs that are not the demo's executables", metavar=FLAG)] = False,
 ) -> None:
     """The method in seconds: the shipped digits MLP in float, mapped naively onto a chip, and reconstructed for it.
 

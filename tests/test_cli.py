@@ -464,3 +464,12 @@ def test_demo_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert "wrote d.rramx" in text and "wrote d_reconstructed.rramx" in text
     assert rramc.load_executable(tmp_path / "d.rramx").target.name == "rram_a"
     assert rramc.load_executable(tmp_path / "d_reconstructed.rramx").metadata["pipeline"].startswith("canonicalize,reconstruct")
+
+
+@pytest.mark.parametrize("command", ["compile", "run", "inspect", "sweep", "demo", "targets"])
+def test_flags_show_no_value_type_in_help(command: str) -> None:
+    """A flag takes no value: its help line must not print one (typer's own --help line aside)."""
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "250", "NO_COLOR": "1"})
+    assert result.exit_code == 0
+    flagged = [line for line in result.stdout.splitlines() if "<bool>" in line and "--help" not in line]
+    assert not flagged, flagged
