@@ -414,6 +414,7 @@ def test_passes_lists_the_builtin_passes_with_options() -> None:
                    "adc_percentile=100.0", "granularity=column", "balance=false", "samples=512"):
         assert option in text, option
     assert "default pipeline: canonicalize,quantize,tile,calibrate,emit" in text
+    assert "``" not in text and ":class:" not in text and ":func:" not in text  # docstrings' markup is for Sphinx, not terminals
 
 
 def test_targets_lists_the_builtin_targets() -> None:
