@@ -456,8 +456,10 @@ def fit_device(
     cols: Annotated[int, typer.Option(help="bit lines per array")] = 128,
     dac_bits: Annotated[int, typer.Option(help="input DAC resolution")] = 8,
     adc_bits: Annotated[int, typer.Option(help="ADC resolution")] = 8,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --output that is not a YAML file", metavar=FLAG)] = False,
 ) -> None:
     """Fit a device model to measured I-V sweeps and write a target for it."""
+    check_output(output, "--output", "yaml", force, inputs=(sweeps,))
     from rramc.device_fit import ERROR_COLUMNS, error_rows, fit_device_file
 
     report = fit_device_file(sweeps, output, model, read_voltage=read_voltage, levels=levels, name=name,
@@ -479,8 +481,10 @@ def plot_device(
     target: Annotated[str, typer.Argument(help="target YAML file or builtin name (ideal, rram_a, rram_b)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write")] = Path("iv.png"),
     states: Annotated[int, typer.Option("--states", help="conductances to draw, evenly spaced from g_min to g_max")] = 5,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --output that is not a PNG image", metavar=FLAG)] = False,
 ) -> None:
     """Draw a target device's I-V curves, with the read voltage and the window's currents at it."""
+    check_output(output, "--output", "png", force, inputs=(target,))
     from rramc.device_plot import plot_device as draw
 
     console.print(f"wrote {draw(target, output, states)}", highlight=False)

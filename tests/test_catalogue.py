@@ -110,6 +110,9 @@ CLI_CASES: list[tuple[str, str, list[str]]] = [
     ("sweep-bad-axis-value", "sweep {pt2} -t rram_a --axis crossbar.rows=a -o {dir}/sw", ["'a' is not a number"]),
     ("plot-into-a-missing-folder", "plot-device rram_a -o {dir}/nowhere/iv.png", ["nowhere"]),
     ("fit-missing-sweeps", "fit-device {dir}/nope.csv -o {dir}/fit.yaml", ["nope.csv"]),
+    ("fit-over-the-executable", "fit-device {dir}/nope.csv -o {exe}", ["exists and is an rramc executable", "--force"]),
+    ("plot-over-the-target", "plot-device {yaml} -o {yaml}", ["is an input of this command"]),
+    ("plot-over-a-model", "plot-device rram_a -o {pt2}", ["exists and is a PyTorch file", "not a PNG image"]),
 ]
 
 WARNING_CASES: list[tuple[str, str, list[str]]] = [
