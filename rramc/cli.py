@@ -308,8 +308,7 @@ def targets(
     fields: Annotated[bool, typer.Option("--fields", help="list every field a target file may set", metavar=FLAG)] = False,
 ) -> None:
     """List the builtin targets, validate a target file, or show the fields of the format."""
-    from rramc.hardware import builtin_targets, load_target
-    from rramc.hardware.target import target_fields
+    from rramc.hardware.target import builtin_targets, load_target, target_fields  # no torch: see rramc/hardware/target.py
 
     if fields:
         if name is not None:

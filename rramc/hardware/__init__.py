@@ -7,16 +7,52 @@ and columns carry when read, and the limits a target declares for that. ``conver
 interface plus a registry. ``layer`` computes one crossbar layer, ``calibration`` holds the one
 calibration policy, ``interpreter`` executes graphs (float, chip, calibration) and
 ``device_aware`` trains through the chip.
+
+The names below are imported on first use (PEP 562), as in :mod:`rramc`: importing a module of
+this package runs this file first, and loading or describing a target (``target``, ``devices``,
+``currents``, the seams' registries) must not pay for torch, which the other modules import.
 """
 
-from rramc.hardware.column_solver import COLUMN_SOLVERS, ColumnSolver
-from rramc.hardware.devices import DEVICE_MODELS, DeviceModel
-from rramc.hardware.input_encoding import INPUT_ENCODINGS, InputEncoding
-from rramc.hardware.observers import COST_OBSERVERS, CostObserver, Observer
-from rramc.hardware.target import Target, builtin_targets, load_target
-from rramc.hardware.weight_encoding import WEIGHT_ENCODINGS, WeightEncoding
+from __future__ import annotations
 
-__all__ = [
-    "COLUMN_SOLVERS", "COST_OBSERVERS", "DEVICE_MODELS", "INPUT_ENCODINGS", "WEIGHT_ENCODINGS", "ColumnSolver", "CostObserver",
-    "DeviceModel", "InputEncoding", "Observer", "Target", "WeightEncoding", "builtin_targets", "load_target",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "rramc.hardware.column_solver": ["COLUMN_SOLVERS", "ColumnSolver"],
+    "rramc.hardware.devices": ["DEVICE_MODELS", "DeviceModel"],
+    "rramc.hardware.input_encoding": ["INPUT_ENCODINGS", "InputEncoding"],
+    "rramc.hardware.observers": ["COST_OBSERVERS", "CostObserver", "Observer"],
+    "rramc.hardware.target": ["Target", "builtin_targets", "load_target"],
+    "rramc.hardware.weight_encoding": ["WEIGHT_ENCODINGS", "WeightEncoding"],
+}
+_SUBMODULES = {"calibration", "column_solver", "config", "converters", "currents", "device_aware", "devices", "expansion",
+               "input_encoding", "interpreter", "layer", "lowering", "mapping", "observers", "target", "tiling",
+               "weight_encoding", "wires"}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None and name in _SUBMODULES:
+        return importlib.import_module(f"rramc.hardware.{name}")
+    if module is None:
+        raise AttributeError(f"module 'rramc.hardware' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:
+    from rramc.hardware.column_solver import COLUMN_SOLVERS, ColumnSolver
+    from rramc.hardware.devices import DEVICE_MODELS, DeviceModel
+    from rramc.hardware.input_encoding import INPUT_ENCODINGS, InputEncoding
+    from rramc.hardware.observers import COST_OBSERVERS, CostObserver, Observer
+    from rramc.hardware.target import Target, builtin_targets, load_target
+    from rramc.hardware.weight_encoding import WEIGHT_ENCODINGS, WeightEncoding

@@ -8,6 +8,10 @@ current of every tile column before the ADC, in the :class:`~rramc.hardware.lowe
 layout. Built in: ``ideal`` wires (every cell sees its word line's voltage; a column sums its
 cells' currents). A new solver (wire resistance, say) is a subclass in its own module plus a line
 in :data:`COLUMN_SOLVERS` (or an entry point in the ``rramc.column_solvers`` group).
+
+A solver is also the ``wires`` section of a target's spec, so this module is imported to load a
+target: torch is bound on first use (:mod:`rramc._lazy`), and the modules of the layer's parts
+are imported where they are needed, so that loading a target does not import torch.
 """
 
 from __future__ import annotations
@@ -15,20 +19,26 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
+from rramc._lazy import lazy_import
 from rramc.errors import TargetError
 from rramc.hardware.config import Location, build, to_mapping
 from rramc.hardware.devices import DeviceModel
-from rramc.hardware.expansion import IDEAL_TOLERANCE, Expansion, device_expansion
-from rramc.hardware.input_encoding import Read
-from rramc.hardware.lowering import Lowering
-from rramc.hardware.tiling import TileGrid
 from rramc.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import Tensor
+
+    from rramc.hardware.expansion import Expansion
+    from rramc.hardware.input_encoding import Read
+    from rramc.hardware.lowering import Lowering
+    from rramc.hardware.tiling import TileGrid
+else:
+    torch = lazy_import("torch", globals())
+    F = lazy_import("torch.nn.functional", globals(), "F")
 
 # Per-cell evaluation materialises vectors × rows × outputs currents; vectors are cut so that one
 # chunk stays below this many elements (~64 MiB in float32).
@@ -68,6 +78,8 @@ class Conductances:
 
     def expansion(self, squared: bool = False) -> Expansion:
         """The device's expansion for these cells' voltages and accuracy."""
+        from rramc.hardware.expansion import device_expansion
+
         return device_expansion(self.device, self.read_voltage, *self.window, self.dac_bits, self.tolerance, squared)
 
 
@@ -300,6 +312,11 @@ def column_currents(
     ``solver`` (default: ideal wires). ``read_voltage`` and ``window`` bound where a non-separable
     device's expansion must hold (default: the largest voltage and the conductances' range).
     """
+    from rramc.hardware.expansion import IDEAL_TOLERANCE
+    from rramc.hardware.input_encoding import Read
+    from rramc.hardware.lowering import Lowering
+    from rramc.hardware.tiling import TileGrid
+
     grid = grid or TileGrid((0, g_pos.shape[0]), (0, g_pos.shape[1]))
     g = torch.cat([g_pos.detach().reshape(-1), g_neg.detach().reshape(-1)])
     window = window or (float(g.min()), float(g.max()))

@@ -11,6 +11,9 @@ Accuracy with ideal wires does not depend on a common scale of the conductances 
 mapped in the read-current domain and the ADC ranges are calibrated), so
 :func:`scale_conductances` and :func:`with_read_current` move a target's currents without
 changing what it computes; with wire resistance the scale matters (IR drop grows with current).
+
+Everything here is Python floats (:meth:`~rramc.hardware.devices.DeviceModel.current_at`): loading
+and describing a target does not import torch.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from rramc.hardware.config import Location
 
@@ -62,8 +63,7 @@ class ReadCurrents:
 def read_currents(target: Target) -> ReadCurrents:
     """The currents of ``target``'s cells at its read voltage and its worst-case column current."""
     c, x = target.conductance, target.crossbar
-    g = torch.tensor([c.g_min, c.g_max], dtype=torch.float64)
-    currents = target.device.current(torch.full_like(g, x.read_voltage), g).abs().tolist()
+    currents = [abs(target.device.current_at(x.read_voltage, g)) for g in (c.g_min, c.g_max)]
     low, high = sorted(currents)
     return ReadCurrents(x.read_voltage, x.rows, low, high, "g_max" if currents[1] >= currents[0] else "g_min")
 

@@ -4,23 +4,90 @@ Every model is vectorised, broadcasting and differentiable torch code: the runti
 calibration and the ``reconstruct`` pass all evaluate cells through :meth:`DeviceModel.current`.
 A model is *separable* when ``f(V, G) = G·g(V)``; then a crossbar column's current is one matmul
 of ``g(V)`` with the conductances, and :meth:`DeviceModel.unit_current` gives ``g``.
+
+Loading, validating and describing a target needs a few currents at its read voltage, not
+tensors: :meth:`DeviceModel.current_at` gives one cell's current as a Python float, computed with
+``math`` by every built-in model (the same formula, step for step, as its torch
+:meth:`~DeviceModel.current`; ``tests/test_startup.py`` holds them equal). torch is bound on first
+use (:mod:`rramc._lazy`), when a model first computes tensors, so ``rramc targets`` runs without it.
 """
 
 from __future__ import annotations
 
+import bisect
 import csv
 import math
+import struct
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor
-
+from rramc._lazy import lazy_import
 from rramc.errors import TargetError
 from rramc.hardware.config import Location, build, spec_field, to_mapping
 from rramc.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_import("torch", globals())
+
+PRECISIONS = ("float64", "float32")
+"""The float types :meth:`DeviceModel.current_at` computes in: float64 (what the mapping and the
+target's checks use) and float32 (what the chip runs in by default)."""
+
+_FLOAT32 = struct.Struct("f")
+
+
+def _as_float64(x: float) -> float:
+    return x
+
+
+def _as_float32(x: float) -> float:
+    """``x`` rounded to the nearest float32 (±inf beyond its range, as a cast to it gives)."""
+    try:
+        return float(_FLOAT32.unpack(_FLOAT32.pack(x))[0])
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+def rounding(precision: str) -> Callable[[float], float]:
+    """What ``precision`` arithmetic makes of an exact result: float64 (Python's floats) keeps it,
+    float32 rounds it to the nearest float32 and to ±inf beyond float32's range."""
+    if precision == "float64":
+        return _as_float64
+    if precision == "float32":
+        return _as_float32
+    raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+
+
+def _sinh(x: float, r: Callable[[float], float]) -> float:
+    """``sinh(x)`` rounded by ``r`` (:func:`rounding`), and ±inf where ``exp(|x|)`` overflows there:
+    torch's vectorised kernels, which evaluate tensors of cells, compute it through ``exp(|x|)``
+    and overflow a little before ``sinh`` itself would (in float32 from ``|x| = 88.72``, not 89.42)."""
+    try:
+        if not math.isinf(r(math.exp(abs(x)))):
+            return r(math.sinh(x))
+    except OverflowError:
+        pass
+    return math.copysign(math.inf, x)
+
+
+def _power(base: float, exponent: float) -> float:
+    """``base ** exponent`` for ``base >= 0``, inf where it overflows (as torch's does) instead of raising."""
+    try:
+        return base**exponent
+    except OverflowError:
+        return math.inf
+
+
+def linspace(start: float, end: float, steps: int) -> list[float]:
+    """``steps >= 2`` evenly spaced Python floats from ``start`` to ``end``, both ends exact."""
+    step = (end - start) / (steps - 1)
+    return [start + step * k for k in range(steps - 1)] + [end]
 
 
 @dataclass(frozen=True)
@@ -43,6 +110,23 @@ class DeviceModel(ABC):
     def current(self, v: Tensor, g: Tensor | float) -> Tensor:
         """Cell current [A] for voltages ``v`` [V] and conductances ``g`` [S], elementwise."""
 
+    def current_at(self, v: float, g: float, precision: str = "float64") -> float:
+        """The current [A] of one cell at voltage ``v`` [V] and conductance ``g`` [S], as a Python float.
+
+        What loading, validating and describing a target use (no tensors, no torch). ``precision``
+        is the float type to compute in (one of :data:`PRECISIONS`): with ``"float32"`` the inputs and
+        every intermediate result are rounded to float32, so the current overflows to ``inf`` (or
+        becomes NaN) where the chip's float32 arithmetic would.
+
+        The built-in models compute it with ``math``, following :meth:`current`'s formula step by
+        step; this default evaluates :meth:`current` on one-element tensors, so a plugin's model
+        needs no float path of its own (it then imports torch).
+        """
+        rounding(precision)  # refuses a precision that is not one of PRECISIONS
+        dtype = getattr(torch, precision)
+        with torch.no_grad():
+            return float(self.current(torch.tensor([v], dtype=dtype), torch.tensor([g], dtype=dtype))[0])
+
     def slope(self, v: Tensor, g: Tensor | float) -> Tensor:
         """Differential conductance ``∂I/∂V`` [S] at voltages ``v`` and conductances ``g``, elementwise.
 
@@ -50,7 +134,7 @@ class DeviceModel(ABC):
         """
         with torch.enable_grad():
             v = v.detach().requires_grad_(True)
-            current = self.current(v, g.detach() if isinstance(g, Tensor) else g)
+            current = self.current(v, g.detach() if isinstance(g, torch.Tensor) else g)
             (slope,) = torch.autograd.grad(current.sum(), v)
         return slope
 
@@ -83,7 +167,7 @@ def sinh_b_from_k(k: float, voltage: float) -> float:
 
 def v_sinhc(v: Tensor, b: Tensor | float) -> Tensor:
     """``sinh(b·v)/b``, equal to ``v`` at ``b = 0`` and smooth (with gradients) through it."""
-    if not isinstance(b, Tensor):  # one coefficient: sinh of a small argument is accurate, only b = 0 needs care
+    if not isinstance(b, torch.Tensor):  # one coefficient: sinh of a small argument is accurate, only b = 0 needs care
         return v.clone() if b == 0 else torch.sinh(v * b).mul_(1.0 / b)
     z = v * b
     small = z.abs() < 1e-4
@@ -101,6 +185,10 @@ class LinearDevice(DeviceModel):
 
     def current(self, v: Tensor, g: Tensor | float) -> Tensor:
         return v * g
+
+    def current_at(self, v: float, g: float, precision: str = "float64") -> float:
+        r = rounding(precision)
+        return r(r(v) * r(g))
 
     def slope(self, v: Tensor, g: Tensor | float) -> Tensor:
         return torch.ones_like(v) * g
@@ -147,6 +235,13 @@ class SinhDevice(DeviceModel):
     def current(self, v: Tensor, g: Tensor | float) -> Tensor:
         return g * v_sinhc(v, self.b_per_volt)
 
+    def current_at(self, v: float, g: float, precision: str = "float64") -> float:
+        r, b = rounding(precision), self.b_per_volt
+        v, g = r(v), r(g)
+        if b == 0:
+            return r(g * v)
+        return r(g * r(_sinh(r(v * b), r) * (1.0 / b)))  # as v_sinhc: sinh(v·b)·(1/b), then times G
+
     def slope(self, v: Tensor, g: Tensor | float) -> Tensor:
         return g * torch.cosh(v * self.b_per_volt)
 
@@ -182,11 +277,11 @@ class StateDependentSinhDevice(DeviceModel):
     def from_mapping(cls, data: dict[str, Any], where: Location, ctx: DeviceContext) -> DeviceModel:
         defaults = {"k_voltage": ctx.read_voltage, "g_hrs": max(ctx.g_min, 1e-12), "g_lrs": ctx.g_max}
         device = build(cls, {**defaults, **data}, where)
-        g = torch.logspace(math.log10(device.g_hrs), math.log10(device.g_lrs), 512, dtype=torch.float64)
-        i = device.current(torch.full_like(g, ctx.read_voltage), g)
-        falling = torch.nonzero(i[1:] <= i[:-1])
-        if len(falling):
-            at = float(g[int(falling[0])])
+        g = [10.0**x for x in linspace(math.log10(device.g_hrs), math.log10(device.g_lrs), 512)]  # evenly spaced in log G
+        i = [device.current_at(ctx.read_voltage, gk) for gk in g]
+        falling = next((k for k in range(len(i) - 1) if i[k + 1] <= i[k]), None)
+        if falling is not None:
+            at = g[falling]
             raise where.error(f"the read current must rise with G, but with these nonlinearities it falls above G = {at:.3g} S; "
                               "bring nonlinearity_k_hrs and nonlinearity_k_lrs closer together")
         return device
@@ -199,9 +294,25 @@ class StateDependentSinhDevice(DeviceModel):
         t = ((log_g - math.log(self.g_hrs)) / math.log(self.g_lrs / self.g_hrs)).clamp(0.0, 1.0)
         return b_hrs + t * (b_lrs - b_hrs)
 
+    def b_at(self, g: float, precision: str = "float64") -> float:
+        """``B(G)`` [1/V] of one conductance: :meth:`b_of` in Python floats."""
+        r = rounding(precision)
+        b_hrs = sinh_b_from_k(self.nonlinearity_k_hrs, self.k_voltage)
+        b_lrs = sinh_b_from_k(self.nonlinearity_k_lrs, self.k_voltage)
+        log_g = r(math.log(max(r(g), r(self.g_hrs))))
+        t = min(max(r(r(log_g - math.log(self.g_hrs)) / math.log(self.g_lrs / self.g_hrs)), 0.0), 1.0)
+        return r(b_hrs + r(t * (b_lrs - b_hrs)))
+
     def current(self, v: Tensor, g: Tensor | float) -> Tensor:
         g = torch.as_tensor(g, dtype=v.dtype, device=v.device)
         return g * v_sinhc(v, self.b_of(g))
+
+    def current_at(self, v: float, g: float, precision: str = "float64") -> float:
+        r = rounding(precision)
+        v, g = r(v), r(g)
+        z = r(v * self.b_at(g, precision))  # as v_sinhc with a tensor of B: v·sinhc(z), then times G
+        sinhc = r(1.0 + r(r(z * z) / 6.0)) if abs(z) < 1e-4 else r(_sinh(z, r) / z)
+        return r(g * r(v * sinhc))
 
     def slope(self, v: Tensor, g: Tensor | float) -> Tensor:
         g = torch.as_tensor(g, dtype=v.dtype, device=v.device)
@@ -223,6 +334,12 @@ class PowerDevice(DeviceModel):
 
     def current(self, v: Tensor, g: Tensor | float) -> Tensor:
         return g * self.v_ref * torch.sign(v) * (v.abs() / self.v_ref) ** self.exponent
+
+    def current_at(self, v: float, g: float, precision: str = "float64") -> float:
+        r = rounding(precision)
+        v, g = r(v), r(g)
+        sign = math.copysign(1.0, v) if v != 0 else 0.0  # torch.sign
+        return r(r(r(g * self.v_ref) * sign) * r(_power(r(abs(v) / self.v_ref), self.exponent)))
 
     def non_differentiable_field(self) -> str | None:
         # d/dV |V|^a is unbounded at V = 0 for a < 1: gradients through such cells blow up.
@@ -300,6 +417,16 @@ class TableDevice(DeviceModel):
         high = at(iv + 1, ig) * (1 - tg) + at(iv + 1, ig + 1) * tg
         return low * (1 - tv) + high * tv
 
+    def current_at(self, v: float, g: float, precision: str = "float64") -> float:
+        # current's bilinear interpolation, operation for operation (so equal to it in float64)
+        r = rounding(precision)
+        iv, tv = _bracket_at([r(x) for x in self.voltages], r(v), r)
+        ig, tg = _bracket_at([r(x) for x in self.states], r(g), r)
+        (a, b), (c, d) = ([r(i) for i in row[ig : ig + 2]] for row in self.currents[iv : iv + 2])
+        low = r(r(a * r(1 - tg)) + r(b * tg))
+        high = r(r(c * r(1 - tg)) + r(d * tg))
+        return r(r(low * r(1 - tv)) + r(high * tv))
+
 
 def _bracket(grid: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     """Index of the grid interval holding ``x`` (clamped to the grid) and the position in it."""
@@ -307,6 +434,13 @@ def _bracket(grid: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     i = (torch.searchsorted(grid, x.detach().contiguous(), right=True) - 1).clamp(0, len(grid) - 2)
     t = (x - grid[i]) / (grid[i + 1] - grid[i])
     return i, t
+
+
+def _bracket_at(grid: Sequence[float], x: float, r: Callable[[float], float]) -> tuple[int, float]:
+    """:func:`_bracket` of one value: the interval's index and the position in it."""
+    x = min(max(x, grid[0]), grid[-1])
+    i = min(max(bisect.bisect_right(grid, x) - 1, 0), len(grid) - 2)
+    return i, r(r(x - grid[i]) / r(grid[i + 1] - grid[i]))
 
 
 def _number(value: Any) -> float:
@@ -365,20 +499,16 @@ def _check_table(voltages: tuple[float, ...], states: tuple[float, ...], current
         raise where.error(f"the table's voltages [{voltages[0]:g}, {voltages[-1]:g}] V must cover 0 to the read voltage {ctx.read_voltage:g} V")
     if states[0] > ctx.g_min or states[-1] < ctx.g_max:
         raise where.error(f"the table's states [{states[0]:g}, {states[-1]:g}] S must cover g_min..g_max [{ctx.g_min:g}, {ctx.g_max:g}] S")
-    table = torch.tensor(currents, dtype=torch.float64)
-    at_zero = TableDevice(voltages=voltages, states=states, currents=currents).current(
-        torch.zeros(len(states), dtype=torch.float64), torch.tensor(states, dtype=torch.float64))
-    if bool((at_zero.abs() > 1e-9 * table.abs().max()).any()):
-        raise where.error("every state must carry zero current at 0 V (unselected word lines must not inject current)")
-    v = torch.tensor(voltages, dtype=torch.float64)[:, None]
-    if bool((v * table < -1e-9 * table.abs().max()).any()):
-        at = torch.nonzero(v * table < -1e-9 * table.abs().max())[0]
-        raise where.error(f"the current opposes the voltage at {voltages[int(at[0])]:g} V, state {states[int(at[1])]:g} S: "
-                          "a passive cell's current has the sign of its voltage")
     device = TableDevice(voltages=voltages, states=states, currents=currents)
-    g = torch.linspace(ctx.g_min, ctx.g_max, 257, dtype=torch.float64)
-    read = device.current(torch.full_like(g, ctx.read_voltage), g)
-    if bool((read[1:] <= read[:-1]).any()):
+    tiny = 1e-9 * max(abs(i) for row in currents for i in row)
+    if any(abs(device.current_at(0.0, g)) > tiny for g in states):
+        raise where.error("every state must carry zero current at 0 V (unselected word lines must not inject current)")
+    opposed = next(((v, g) for v, row in zip(voltages, currents) for g, i in zip(states, row) if v * i < -tiny), None)
+    if opposed is not None:
+        raise where.error(f"the current opposes the voltage at {opposed[0]:g} V, state {opposed[1]:g} S: "
+                          "a passive cell's current has the sign of its voltage")
+    read = [device.current_at(ctx.read_voltage, g) for g in linspace(ctx.g_min, ctx.g_max, 257)]
+    if any(b <= a for a, b in zip(read, read[1:])):
         raise where.error(f"the current at the read voltage {ctx.read_voltage:g} V must rise with G over g_min..g_max; "
                           "otherwise a conductance cannot be told from its read current")
 

@@ -6,20 +6,30 @@ digitised by the ADC and weighted digitally (shift-and-add) before the reads are
 in: ``amplitude`` (one read; the activation sets the voltage through the DAC). A new encoding is
 a subclass in its own module plus a line in :data:`INPUT_ENCODINGS` (or an entry point in the
 ``rramc.input_encodings`` group).
+
+A target's input encoding is checked against :data:`INPUT_ENCODINGS` when it is loaded, so this
+module is imported to load a target: torch and the converters are bound on first use
+(:mod:`rramc._lazy`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-from torch import Tensor
-
+from rramc._lazy import lazy_import
 from rramc.errors import TargetError
-from rramc.hardware.converters import dac, dac_steps
 from rramc.hardware.target import Target
 from rramc.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from rramc.hardware import converters
+else:
+    torch = lazy_import("torch", globals())
+    converters = lazy_import("rramc.hardware.converters", globals())
 
 
 class Read:
@@ -103,7 +113,7 @@ class Amplitude(InputEncoding):
     def reads(self, x: Tensor, scale: float, dac_bits: int | None) -> list[Read]:
         vread = self.target.crossbar.read_voltage
         if dac_bits is not None and dac_bits <= 16 and not x.requires_grad:
-            steps = dac_steps(dac_bits)
+            steps = converters.dac_steps(dac_bits)
             key = (dac_bits, x.dtype, x.device)
             if key not in self._levels:
                 self._levels[key] = torch.arange(steps + 1, dtype=x.dtype, device=x.device) * (vread / steps)
@@ -112,7 +122,7 @@ class Amplitude(InputEncoding):
             return [Read(1.0, levels=self._levels[key], codes=codes)]
         if dac_bits is None:
             return [Read(1.0, torch.relu(x) * (vread / scale))]
-        return [Read(1.0, dac(x * (1.0 / scale), dac_bits) * vread)]
+        return [Read(1.0, converters.dac(x * (1.0 / scale), dac_bits) * vread)]
 
 
 INPUT_ENCODINGS: Registry[type[InputEncoding]] = Registry(

@@ -11,12 +11,19 @@ A target file has these sections (see ``targets/rram_a.yaml``)::
     nonidealities: {programming_sigma: 0.0, read_noise_sigma: 0.0, ...}   # optional, all 0
 
 Builtin targets (``ideal``, ``rram_a``, ``rram_b``) ship in the ``rramc.targets`` package.
+
+Loading, validating and describing a target imports no torch (``rramc targets`` starts in a
+fraction of a second): the checks compute their currents in Python floats
+(:meth:`~rramc.hardware.devices.DeviceModel.current_at`), and the modules of the seams a target
+names (device models, column solvers and wires, input and weight encodings) bind torch on first
+use (:mod:`rramc._lazy`), when they compute tensors. ``tests/test_startup.py`` keeps it so.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -24,13 +31,12 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from rramc.errors import TargetError
 from rramc.hardware.config import Location, build, short_repr, spec_field, to_mapping
 from rramc.hardware.currents import ReadCurrents, check_limits, read_currents
-from rramc.hardware.devices import DEVICE_MODELS, DeviceContext, DeviceModel
+from rramc.hardware.devices import DEVICE_MODELS, PRECISIONS, DeviceContext, DeviceModel, linspace, rounding
 
 if TYPE_CHECKING:
     from rramc.hardware.column_solver import ColumnSolver
@@ -250,39 +256,37 @@ def _check_read_currents(target: Target, where: Location) -> None:
     Every field may be in its range while together they overflow: a ``sinh`` cell with ``b: 100``
     read at 10 V carries ``G·sinh(1000)/100``, beyond any float, and the calibration and the DAC
     tables would index with NaN. The currents are computed in float64 (what the mapping uses) and
-    in float32 (what the chip runs in by default), for ``g_min``, ``g_max`` and a grid between them,
-    and for a whole column of cells at the larger one.
+    in float32 (what the chip runs in by default; an intermediate such as ``sinh(B·V)`` may
+    overflow there while the current itself would fit), for ``g_min``, ``g_max`` and a grid
+    between them, and for a whole column of cells at the larger one.
     """
     c, x, device = target.conductance, target.crossbar, target.device
     fields = _current_fields(target)
-    for dtype in (torch.float64, torch.float32):
-        g = torch.linspace(c.g_min, c.g_max, 65, dtype=torch.float64).to(dtype)
-        g[0], g[-1] = c.g_min, c.g_max  # the window's ends exactly (linspace may round them)
+    g = linspace(c.g_min, c.g_max, 65)  # g_min and g_max exactly, and a grid between them
+    for precision in PRECISIONS:  # float64, then float32
+        r = rounding(precision)
         try:
-            with torch.no_grad():
-                i = device.current(torch.full_like(g, x.read_voltage), g)
+            i = [device.current_at(x.read_voltage, gk, precision) for gk in g]
         except (ArithmeticError, ValueError, RuntimeError) as exc:
             raise where.child("device").error(f"its current at the read voltage cannot be computed ({exc}); check {fields}") from None
-        bad = ~torch.isfinite(i)
-        if bool(bad.any()):
-            k = int(torch.nonzero(bad)[0])
-            at = "g_min" if k == 0 else "g_max" if k == len(g) - 1 else f"G = {float(g[k]):.3g} S"
-            value = float(i[k])
+        k = next((k for k, value in enumerate(i) if not math.isfinite(value)), None)
+        if k is not None:
+            at = "g_min" if k == 0 else "g_max" if k == len(g) - 1 else f"G = {r(g[k]):.3g} S"
             raise where.child("device").error(
-                f"a cell at {at} carries {value} A at crossbar.read_voltage = {x.read_voltage:g} V "
-                f"(computed in {str(dtype).removeprefix('torch.')}{', the precision the chip runs in' if dtype == torch.float32 else ''}): "
+                f"a cell at {at} carries {i[k]} A at crossbar.read_voltage = {x.read_voltage:g} V "
+                f"(computed in {precision}{', the precision the chip runs in' if precision == 'float32' else ''}): "
                 f"the device's fields and the read voltage together overflow ({fields}); lower the nonlinearity (or raise the "
                 "voltage it is given at) or the read voltage")
-        column = i.abs().max() * x.rows
-        if not bool(torch.isfinite(column)):
+        largest = max(abs(value) for value in i)
+        if not math.isfinite(r(largest * x.rows)):
             raise where.child("crossbar").child("rows").error(
-                f"a column of {x.rows} cells at their largest read current ({float(i.abs().max()):.3g} A each at "
-                f"{x.read_voltage:g} V) carries more current than {str(dtype).removeprefix('torch.')} holds "
+                f"a column of {x.rows} cells at their largest read current ({largest:.3g} A each at "
+                f"{x.read_voltage:g} V) carries more current than {precision} holds "
                 f"({fields}); lower the nonlinearity, the read voltage or the rows")
-        if dtype == torch.float64 and not float(i[-1]) > float(i[0]):
+        if precision == "float64" and not i[-1] > i[0]:
             raise where.child("device").error(
                 f"the read current at crossbar.read_voltage = {x.read_voltage:g} V must rise from g_min to g_max, but a cell "
-                f"carries {float(i[0]):.6g} A at g_min = {c.g_min:g} S and {float(i[-1]):.6g} A at g_max = {c.g_max:g} S "
+                f"carries {i[0]:.6g} A at g_min = {c.g_min:g} S and {i[-1]:.6g} A at g_max = {c.g_max:g} S "
                 f"({fields}); otherwise a conductance cannot be told from its read current")
 
 

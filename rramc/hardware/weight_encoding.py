@@ -7,6 +7,10 @@ between columns, like a reference column, are drawn once). Built in: ``different
 columns per weight) and ``offset`` (one column per weight against a shared reference column).
 A new encoding is a subclass in its own module plus a line in :data:`WEIGHT_ENCODINGS` (or an
 entry point in the ``rramc.weight_encodings`` group).
+
+A target's weight encoding is checked against :data:`WEIGHT_ENCODINGS` when it is loaded, so this
+module is imported to load a target: torch and the mapping are bound on first use
+(:mod:`rramc._lazy`).
 """
 
 from __future__ import annotations
@@ -15,17 +19,24 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-from torch import Tensor
-
+from rramc._lazy import lazy_import
 from rramc.errors import TargetError
-from rramc.hardware.expansion import Expansion, UniformTable
-from rramc.hardware.mapping import ReadCurrent, read_current, weight_peak
 from rramc.hardware.target import Target
-from rramc.hardware.tiling import TileGrid
 from rramc.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from rramc.hardware import mapping
+    from rramc.hardware.expansion import Expansion, UniformTable
+    from rramc.hardware.mapping import ReadCurrent
+    from rramc.hardware.tiling import TileGrid
+else:
+    torch = lazy_import("torch", globals())
+    mapping = lazy_import("rramc.hardware.mapping", globals())
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,7 @@ class WeightEncoding(ABC):
 
     @property
     def read_current(self) -> ReadCurrent:
-        return read_current(self.target)
+        return mapping.read_current(self.target)
 
     @abstractmethod
     def outputs_per_array(self) -> int:
@@ -107,7 +118,7 @@ class Differential(WeightEncoding):
     def map(self, weight: Tensor, *, per_column: bool, levels: int | None) -> MappedWeights:
         w = _compute(weight)
         rc, c = self.read_current, self.target.conductance
-        peak = weight_peak(w, per_column)
+        peak = mapping.weight_peak(w, per_column)
         scale = (c.g_max - c.g_min) / peak  # S per weight unit (in the current domain: scale · response)
         if rc.linear and levels is None:
             # I linear in G and no rounding: the same map, without the round trip through currents.
@@ -123,7 +134,7 @@ class Differential(WeightEncoding):
         # ψ(G⁺) - ψ(G⁻) depends on the weight only through t = c·W (the read-current difference at full
         # scale): one table lookup per weight instead of two inverse maps and two ψ evaluations.
         c = self.target.conductance
-        scale = (c.g_max - c.g_min) / weight_peak(weight, per_column)
+        scale = (c.g_max - c.g_min) / mapping.weight_peak(weight, per_column)
         if expansion.exact:  # ψ(G) = G: the difference is the conductance difference itself
             return (weight * scale[:, None])[None], scale
         table = _difference_table(self.target, expansion)
@@ -133,7 +144,9 @@ class Differential(WeightEncoding):
 @functools.lru_cache(maxsize=32)
 def _difference_table(target: Target, expansion: Expansion) -> UniformTable:
     """``H(t) = ψ(I⁻¹(I_min + max(t, 0))) - ψ(I⁻¹(I_min + max(-t, 0)))`` tabulated over ``t ∈ [-ΔI, ΔI]``."""
-    rc = read_current(target)
+    from rramc.hardware.expansion import UniformTable
+
+    rc = mapping.read_current(target)
     span = rc.i_max - rc.i_min
     t = torch.linspace(-span, span, DIFFERENCE_GRID, dtype=torch.float64)
     pos = expansion.conductance(rc.conductance(rc.i_min + torch.relu(t), None))
@@ -171,7 +184,7 @@ class Offset(WeightEncoding):
         g_ref = self.reference(levels)
         i_ref = rc.current_at(g_ref)
         half = min(rc.i_max - i_ref, i_ref - rc.i_min)
-        peak = weight_peak(w, per_column)
+        peak = mapping.weight_peak(w, per_column)
         per_weight = half / peak  # A per weight unit
         g_pos = rc.conductance(i_ref + per_weight[:, None] * w, levels)
         g_neg = torch.full_like(g_pos, g_ref)

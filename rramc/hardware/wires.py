@@ -39,6 +39,9 @@ Two methods:
     and the README).
 
 All resistances zero: exactly the ideal wires.
+
+:class:`ResistiveWires` is also the ``wires`` section of a target's spec, so this module is
+imported to load a target: torch is bound on first use (:mod:`rramc._lazy`).
 """
 
 from __future__ import annotations
@@ -46,17 +49,21 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor
-
+from rramc._lazy import lazy_import
 from rramc.errors import RuntimeSimulationError
 from rramc.hardware.column_solver import ColumnSolver, Conductances, IdealWires
 from rramc.hardware.config import spec_field
 from rramc.hardware.devices import DeviceModel
-from rramc.hardware.expansion import device_expansion
-from rramc.hardware.input_encoding import Read
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from rramc.hardware.input_encoding import Read
+else:
+    torch = lazy_import("torch", globals())
 
 # Vectors are cut into chunks so that one [tiles, vectors, rows, columns] tensor of the exact
 # solver stays below this many elements (128 MiB in float32).
@@ -280,6 +287,8 @@ class ResistiveWires(ColumnSolver):
         ``Σ_m K_b(i, m)·f(V_m, G_mc)`` with ``K_b(i, m) = R_sense + R_bit·(rows - 1 - max(i, m))``;
         ``Σ_i f'·δ_bit`` is a quadratic form, computed through the leading eigenvectors of ``K_b``.
         """
+        from rramc.hardware.expansion import device_expansion
+
         rows, columns = g.shape[1:]
         current = cells.expansion()
         slope = device_expansion(_SlopeOf(cells.device), cells.read_voltage, *cells.window, cells.dac_bits, cells.tolerance)
