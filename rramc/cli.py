@@ -105,7 +105,7 @@ def compile(
         raise RramcError(f"--calibration-samples {calibration_samples}: need at least 1 sample to calibrate on")
 
     from rramc.driver import compile_file
-    from rramc.pipeline import PIPELINES, PassTimings, PrintIR, load_pass_file
+    from rramc.pipeline import PIPELINES, PrintIR, load_pass_file
 
     for path in pass_files or ():
         load_pass_file(path)
@@ -129,14 +129,13 @@ def compile(
         if given:
             raise RramcError(f"{', '.join(given)} configure --reconstruct (or --pipeline reconstruct); without it they would be "
                              "ignored. In pipeline text, set them on the pass: reconstruct{epochs=1,...}")
-    timings = PassTimings()
     printing = [PrintIR(lambda name, text: console.print(f"[bold]// IR after {name}[/]\n{text}", highlight=False))] if print_ir else []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RramcWarning)  # printed below, once, on stderr
         exe = compile_file(model, target, factory=factory, trust_pickle=trust_pickle, input_shape=_parse_shape(input_shape),
                            calibration=calibration, calibration_samples=calibration_samples, data_dir=data_dir,
                            training=dataset, reconstruct=options, pipeline=passes if passes is not None else pipeline,
-                           skip=skip or (), instruments=[*printing, timings], seed=seed, progress=sys.stderr.isatty(),
+                           skip=skip or (), instruments=printing, seed=seed, progress=sys.stderr.isatty(),
                            log=lambda text: console.print(text, highlight=False))
     exe.save(output)
     _warn(exe.metadata.get("warnings", []))
@@ -167,8 +166,8 @@ def check_output(path: Path, option: str, kind: str, force: bool, *, inputs: tup
     """
     from rramc.outputs import describe_kind, executable_source, kind_of
 
-    if str(path) in ("", "."):
-        raise RramcError(f"{option} is empty: give a file name")
+    if str(path) in ("", "."):  # Path("") is Path("."): the two cannot be told apart
+        raise RramcError(f"{option} is empty (or '.'): give a file name")
     if path.is_dir():
         raise RramcError(f"{option} {path} is a folder: give a file name inside it")
     if not path.parent.is_dir():
@@ -181,7 +180,10 @@ def check_output(path: Path, option: str, kind: str, force: bool, *, inputs: tup
             raise RramcError(f"{option} {path} is an input of this command ({given}); choose another output file")
     if force:
         return
-    found = kind_of(path)
+    try:
+        found = kind_of(path)
+    except OSError as exc:
+        raise RramcError(f"{option} {path} exists and cannot be read ({exc.strerror or exc}); choose another name") from None
     if found != kind:
         raise RramcError(f"{option} {path} exists and is {describe_kind(found)}, not {describe_kind(kind)}: choose another "
                          "name, or pass --force to replace it")
