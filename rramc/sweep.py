@@ -207,13 +207,13 @@ def run_sweep(
             on_step(f"float trained {epochs} more epochs (reconstructed for ideal): {100 * retrained:.2f} %")
     for point, spec in points:
         row: dict[str, Any] = dict(point)
-        if retrained is not None:
-            row["float_retrained"] = retrained
         for method, pipeline in methods.items():
             exe = compile_model(model, spec, calibration.images[:2], calibration_data=calibration, training_data=train,
                                 pipeline=pipeline, seed=seed)
             report = exe.run(test)
             row.setdefault("float", report.float_accuracy)
+            if retrained is not None:
+                row.setdefault("float_retrained", retrained)
             row[method] = report.chip_accuracy
             if on_step is not None:
                 on_step(f"{point} {method}: {100 * report.chip_accuracy:.2f} %")
