@@ -12,6 +12,11 @@ the network reconstructed from the float one (3 epochs through the device I-V on
 ``--periphery shipped`` uses the targets as shipped (32 levels, 8-bit DAC/ADC); ``reference``
 uses continuous conductances and ideal converters, the conventions of shared/REFERENCE.md.
 Rows are printed as they finish and the JSON is rewritten after each.
+
+Every (network, target) point is one task of ``--executor`` (local, processes with ``--jobs``,
+or ray with ``--address``, as ``rramc sweep``): the float training runs here, the points run
+wherever the executor puts them. Each finished point is appended to ``<out>.jsonl`` at once;
+``--resume`` skips the points already there, so an interrupted run loses none.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from pathlib import Path
 import torch
 
 import rramc
+from rramc.executors import EXECUTORS, make_executor
 from rramc.hardware.currents import with_read_current
+from rramc.sweep import SweepLog
 from rramc.samples import models
 from rramc.training import TrainConfig, accuracy, train_classifier
 
@@ -50,6 +57,24 @@ def targets(families: list[str], ks: list[float], periphery: str) -> list[tuple[
     return chosen
 
 
+def target_point(shared: dict, item: tuple[str, dict]) -> dict:
+    """One (network, target) point: naive with both calibrations, and reconstructed, on the test split."""
+    label, mapping = item
+    target = rramc.Target.from_mapping(mapping, label)
+    net, calibration, train, test = shared["net"], shared["calibration"], shared["train"], shared["test"]
+    example = calibration.images[:2]
+    naive = rramc.compile(net, target, example, calibration_data=calibration, pipeline="naive").run(test)
+    naive_ls = rramc.compile(net, target, example, calibration_data=calibration, pipeline="least_squares").run(test)
+    start = time.perf_counter()
+    lr = 1e-3 if shared["optimizer"] == "adam" else 0.05
+    pipeline = rramc.named_pipeline("reconstruct", reconstruct={"epochs": shared["epochs"], "optimizer": shared["optimizer"],
+                                                                "lr": lr, "batch_size": 128})
+    recon = rramc.compile(net, target, example, calibration_data=calibration, training_data=train, pipeline=pipeline).run(test)
+    return {"target": label, "naive": naive.chip_accuracy, "naive_least_squares": naive_ls.chip_accuracy,
+            "reconstructed": recon.chip_accuracy, "reconstructed_model": recon.float_accuracy,
+            "reconstruct_seconds": round(time.perf_counter() - start, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist")
@@ -65,6 +90,10 @@ def main() -> None:
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
                         help="reconstruction optimizer: adam (lr 0.001, rramc's default) or sgd (lr 0.05, the seed paper's)")
     parser.add_argument("--out", type=Path, default=Path("paper_experiment.json"))
+    parser.add_argument("--executor", choices=EXECUTORS, default="local")
+    parser.add_argument("--jobs", type=int, help="processes: worker processes; ray: CPUs of a local Ray")
+    parser.add_argument("--address", help="ray: the cluster to run on [default: a local Ray]")
+    parser.add_argument("--resume", action="store_true", help="skip the points <out>.jsonl already holds")
     args = parser.parse_args()
     families = args.targets.split(",")
     if unknown := set(families) - {"rram_a", "rram_b"}:
@@ -78,6 +107,15 @@ def main() -> None:
     calibration = train.shuffled(1).take(512)  # a Dataset: it also declares the input range (0, 1)
     ks = [float(k) for k in args.ks.split(",")]
     rows: list[dict] = []
+    options = {"dataset": args.dataset, "float_epochs": args.float_epochs, "epochs": args.epochs, "samples": args.samples,
+               "optimizer": args.optimizer, "periphery": args.periphery}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    log = SweepLog(args.out.with_suffix(".jsonl"), {"options": options})
+    try:
+        finished = log.open(args.resume)
+    except rramc.RramcError as exc:
+        parser.error(str(exc))
+    executor = make_executor(args.executor, jobs=args.jobs, address=args.address)
     print(f"{args.dataset}: {len(train)} train, {len(test)} test samples; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'network':36s} {'target':46s} {'ideal':>6s} {'naive':>6s} {'naive LS':>8s} {'recon':>6s} {'recon s':>8s}")
     for key in args.networks.split(","):
@@ -91,24 +129,28 @@ def main() -> None:
         float_acc, ideal_acc = accuracy(float_net, test), accuracy(ideal_net, test)
         print(f"{title}: float {100 * float_acc:.2f} %, float +{args.epochs} epochs {100 * ideal_acc:.2f} % "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
-        for label, target in targets(families, ks, args.periphery):
-            example = calibration.images[:2]
-            naive = rramc.compile(float_net, target, example, calibration_data=calibration, pipeline="naive").run(test)
-            naive_ls = rramc.compile(float_net, target, example, calibration_data=calibration, pipeline="least_squares").run(test)
-            start = time.perf_counter()
-            lr = 1e-3 if args.optimizer == "adam" else 0.05
-            pipeline = rramc.named_pipeline("reconstruct", reconstruct={"epochs": args.epochs, "optimizer": args.optimizer, "lr": lr,
-                                                                        "batch_size": 128})
-            recon = rramc.compile(float_net, target, example, calibration_data=calibration, training_data=train,
-                                  pipeline=pipeline).run(test)
-            seconds = time.perf_counter() - start
-            row = {"network": title, "target": label, "float": float_acc, "ideal": ideal_acc, "naive": naive.chip_accuracy,
-                   "naive_least_squares": naive_ls.chip_accuracy, "reconstructed": recon.chip_accuracy,
-                   "reconstructed_model": recon.float_accuracy, "reconstruct_seconds": round(seconds, 1)}
-            rows.append(row)
-            print(f"{title:36s} {label:46s} {100 * ideal_acc:6.2f} {100 * naive.chip_accuracy:6.2f} "
-                  f"{100 * naive_ls.chip_accuracy:8.2f} {100 * recon.chip_accuracy:6.2f} {seconds:8.0f}", flush=True)
-            args.out.write_text(json.dumps({"dataset": args.dataset, "rows": rows}, indent=2))
+        shared = {"net": float_net, "calibration": calibration, "train": train, "test": test, "epochs": args.epochs,
+                  "optimizer": args.optimizer}
+        items = [(f"{key} {label}", (label, target.to_mapping())) for label, target in targets(families, ks, args.periphery)]
+        for task_key, (label, _) in items:
+            if task_key in finished:
+                print(f"{title:36s} {label:46s} (resumed)", flush=True)
+        todo = [(k, item) for k, item in items if k not in finished]
+        for outcome in executor.run(target_point, shared, todo):
+            if not outcome.ok:
+                print(f"{title:36s} {outcome.key:46s} FAILED: {outcome.error}", flush=True)
+                continue
+            point = outcome.value
+            log.append(outcome.key, point)
+            finished[outcome.key] = point
+            print(f"{title:36s} {point['target']:46s} {100 * ideal_acc:6.2f} {100 * point['naive']:6.2f} "
+                  f"{100 * point['naive_least_squares']:8.2f} {100 * point['reconstructed']:6.2f} "
+                  f"{point['reconstruct_seconds']:8.0f}", flush=True)
+        for task_key, _ in items:
+            if task_key in finished:
+                rows.append({"network": title, "float": float_acc, "ideal": ideal_acc, **finished[task_key]})
+        args.out.write_text(json.dumps({"dataset": args.dataset, "rows": rows}, indent=2))
+    executor.close()
 
 
 if __name__ == "__main__":

@@ -350,16 +350,27 @@ def sweep(
     test_samples: Annotated[Optional[int], typer.Option(help="evaluate on at most this many test samples")] = None,
     reconstruct: Annotated[bool, typer.Option("--reconstruct/--no-reconstruct", help="include the reconstructed network", metavar=FLAG)] = True,
     seed: Annotated[int, typer.Option(help="seed of calibration sampling and training", min=0, max=SEED_MAX)] = 0,
+    executor: Annotated[str, typer.Option("--executor", help="where the grid points run: local (here, one after another), "
+                                          "processes (--jobs on this machine) or ray (pip install 'rramc[ray]')")] = "local",
+    jobs: Annotated[Optional[int], typer.Option("--jobs", help="processes: worker processes [default: the cores]; ray: CPUs of "
+                                                "a local Ray [default: the cores]")] = None,
+    address: Annotated[Optional[str], typer.Option("--address", help="ray: the cluster to run on (host:port, or 'auto') "
+                                                   "[default: start a local Ray]")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the sweep in OUTPUT: skip the points its sweep.jsonl "
+                                         "already holds", metavar=FLAG)] = False,
+    device: Annotated[str, typer.Option(help="torch device to run the chips on (cpu, cuda); on Ray, each task gets one GPU")] = "cpu",
 ) -> None:
     """Accuracy of the conventional mapping vs the reconstructed network across chip settings.
 
     Points that change the cell's I-V (--k, --read-voltage) keep the base's largest cell read current (g_min, g_max scaled).
+    Each point is one task of the executor; every finished point is appended to OUTPUT/sweep.jsonl at once, so a
+    sweep that dies loses none of them (--resume continues it).
     """
     from rramc.datasets import load_dataset
     from rramc.frontend import load_model
     from rramc.hardware import load_target
+    from rramc.executors import EXECUTORS, make_executor
     from rramc.sweep import grid_targets, parse_axis, run_sweep
-    from rramc.training import progress_bar
 
     texts = [f"{name}={values}" for name, values in (("k", k), ("read_voltage", read_voltage), ("adc_bits", adc_bits)) if values]
     axes = dict(parse_axis(text) for text in [*texts, *(axis or [])])
@@ -369,6 +380,15 @@ def sweep(
     grid_targets(base, axes)  # every point valid before any work
     if output.exists() and not output.is_dir():
         raise RramcError(f"--output {output} exists and is not a directory")
+    if executor not in EXECUTORS:
+        raise RramcError(f"--executor {executor!r}: unknown; choose from {', '.join(EXECUTORS)}")
+    if jobs is not None and jobs < 1:
+        raise RramcError(f"--jobs {jobs}: need at least 1")
+    if executor == "local" and jobs is not None:
+        raise RramcError("--jobs is for --executor processes or ray; local runs one point after another")
+    if address is not None and executor != "ray":
+        raise RramcError("--address is for --executor ray")
+    _torch_device(device)
     loaded_meta = load_model(model, factory=factory, input_shape=None if model.suffix == ".pt2" else
                              load_dataset(dataset or "digits", "train", data_dir).sample_shape)
     name = dataset or loaded_meta.metadata.get("dataset")
@@ -383,16 +403,62 @@ def sweep(
     from rramc.datasets import fit_inputs
 
     fit_inputs(test.images[:1], loaded_meta.graph.inputs[0].shape, name)
-    points = 1
-    for values in axes.values():
-        points *= len(values)
-    steps = points * (3 if reconstruct else 2) + (1 if reconstruct else 0)  # with reconstruct: the fair float baseline
-    with progress_bar(steps, "sweep", sys.stderr.isatty()) as advance:
+    output.mkdir(parents=True, exist_ok=True)
+    gpus = 1 if device.startswith("cuda") and executor == "ray" else 0
+    with make_executor(executor, jobs=jobs, address=address, gpus_per_task=gpus) as runner, _SweepProgress() as progress:
         result = run_sweep(loaded_meta.graph, base, train, test, axes, epochs=epochs, optimizer=optimizer, lr=lr, seed=seed,
-                           reconstruct=reconstruct,
-                           on_step=lambda text: (advance(text), console.print(text, highlight=False)))
+                           reconstruct=reconstruct, executor=runner, log=output / "sweep.jsonl", resume=resume, device=device,
+                           on_event=progress.event, on_row=progress.row)
+    if result.meta.get("resumed"):
+        console.print(f"resumed: {result.meta['resumed']} finished point(s) taken from {output / 'sweep.jsonl'}")
     for path in result.write(output):
         console.print(f"wrote {path}")
+    if result.failures:
+        lines = "; ".join(f"{result.labels.get(key, key)}: {error}" for key, error in result.failures.items())
+        raise RramcError(f"{len(result.failures)} of the sweep's tasks failed, the others are written: {lines}. "
+                         "Rerun with --resume to retry only those.")
+
+
+class _SweepProgress:
+    """A progress bar of the sweep's tasks (done, running, failed) on a terminal, and a line per finished task."""
+
+    def __init__(self) -> None:
+        self.started = self.finished = self.failed = 0
+        self._bar: Any = None
+
+    def __enter__(self) -> _SweepProgress:
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("sweep"), BarColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                                 console=errors, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("", total=None)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def event(self, kind: str, key: str) -> None:
+        if kind == "started":
+            self.started += 1
+        elif kind == "finished":
+            self.finished += 1
+        else:
+            self.failed += 1
+        if self._bar is not None:
+            running = self.started - self.finished - self.failed
+            self._bar.update(self._task, total=self.started, completed=self.finished + self.failed,
+                             description=f"{self.finished} done, {running} running, {self.failed} failed")
+
+    def row(self, key: str, row: dict[str, Any] | None, error: str | None) -> None:
+        if row is None:
+            errors.print(f"[bold red]failed:[/] {error}", highlight=False, soft_wrap=True)
+            return
+        accuracies = ", ".join(f"{k} {100 * v:.2f} %" for k, v in row.items() if isinstance(v, float) and 0 <= v <= 1 and "." not in k)
+        point = ", ".join(f"{k}={v}" for k, v in row.items() if "." in k) or "float trained the same extra epochs"
+        console.print(f"{point}: {accuracies}", highlight=False)
 
 
 @app.command()

@@ -7,18 +7,23 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rramc.datasets import Dataset
 from rramc.errors import RramcError, TargetError
 from rramc.hardware.target import Target, load_target
 from rramc.runtime.file_format import write_atomically
+
+if TYPE_CHECKING:
+    from rramc.executors import Executor
 
 WIRE_RESISTANCE = "crossbar.wire_resistance"
 """An axis that sets both wires.word_line_resistance and wires.bit_line_resistance [Ω per segment]."""
@@ -38,6 +43,10 @@ class SweepResult:
     axes: dict[str, list[Any]]
     rows: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    """Tasks that failed, by key, with their error: their rows are missing."""
+    labels: dict[str, Any] = field(default_factory=dict)
+    """What each task key stands for (a grid point, or the fair baseline), for messages."""
 
     def to_csv(self) -> str:
         out = io.StringIO()
@@ -62,6 +71,8 @@ class SweepResult:
                   "reconstructed": ("tab:blue", "-")}
         for combo in itertools.product(*(self.axes[o] for o in others)):
             rows = [r for r in self.rows if all(r[o] == v for o, v in zip(others, combo))]
+            if not rows:  # every point of this line failed (or has not run yet): nothing to draw
+                continue
             suffix = "".join(f", {o.split('.')[-1]}={v}" for o, v in zip(others, combo))
             xs = [r[axis] for r in rows]
             for method, (color, line) in styles.items():
@@ -157,6 +168,109 @@ def _grid_target(base: Target, changes: dict[str, dict[str, Any]]) -> Target:
     return base.with_changes(**changes)
 
 
+@dataclass
+class SweepData:
+    """What every grid point reads: the model, the data and the options (sent once per worker)."""
+
+    model: Any
+    calibration: Dataset
+    train: Dataset
+    test: Dataset
+    options: dict[str, Any]
+
+
+def sweep_point(shared: SweepData, item: tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]) -> dict[str, Any]:
+    """One grid point, as a task an executor runs anywhere: compile ``shared.model`` for the point's
+    target by each method, run it on the test set, and return the row."""
+    from rramc.driver import compile as compile_model
+
+    point, target_mapping, methods = item
+    options = shared.options
+    spec = Target.from_mapping(target_mapping, f"sweep point {point}")
+    row: dict[str, Any] = dict(point)
+    for method in methods:
+        exe = compile_model(shared.model, spec, shared.calibration.images[:2], calibration_data=shared.calibration,
+                            training_data=shared.train, pipeline=_pipeline(method, options), seed=options["seed"])
+        report = exe.run(shared.test, device=options["device"])
+        row.setdefault("float", report.float_accuracy)
+        row[method] = report.chip_accuracy
+    return row
+
+
+def _pipeline(method: str, options: dict[str, Any]) -> Any:
+    from rramc.pipeline import named_pipeline
+
+    if method == "naive":
+        return "naive"
+    if method == "naive_least_squares":
+        return "least_squares"
+    training = {k: options[k] for k in ("epochs", "optimizer", "batch_size", "seed")}
+    if options["lr"] is not None:
+        training["lr"] = options["lr"]
+    return named_pipeline("reconstruct", reconstruct=training)
+
+
+BASELINE = "float_retrained"
+"""The key of the fair baseline's task: the float network reconstructed for ``ideal``."""
+
+
+class SweepLog:
+    """``sweep.jsonl``: the sweep's description, then one line per finished task, appended and flushed
+    at once, so that a killed sweep loses no finished point and ``--resume`` skips them.
+
+    A task's key hashes what decides its result: the model, the point's target, the options and
+    the seed. The first line holds the sweep's description; resuming a log of another model,
+    base target, grid or options is refused, naming what differs.
+    """
+
+    def __init__(self, path: Path, description: dict[str, Any]) -> None:
+        self.path, self.description = path, description
+
+    def open(self, resume: bool) -> dict[str, dict[str, Any]]:
+        """The finished rows by key (empty for a new log); a partial last line (a killed write) is dropped."""
+        if not self.path.exists():
+            self._write_lines([{"sweep": self.description}], "w")
+            return {}
+        if not resume:
+            raise RramcError(f"{self.path} holds an earlier sweep: pass --resume to continue it (its finished points are "
+                             "kept), or choose another --output")
+        lines = self.path.read_bytes().split(b"\n")
+        entries = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                if number == len(lines) or (number == len(lines) - 1 and not lines[-1].strip()):
+                    break  # the last line, cut by a kill: that point runs again
+                raise RramcError(f"{self.path}, line {number}: not a sweep log line; --resume needs the file rramc sweep wrote") from None
+        if not entries or not isinstance(entries[0], dict) or "sweep" not in entries[0]:
+            raise RramcError(f"{self.path}: not a sweep log (its first line does not describe a sweep)")
+        theirs = entries[0]["sweep"]
+        differ = [name for name in self.description if theirs.get(name) != self.description[name]]
+        if differ:
+            raise RramcError(f"--resume: {self.path} is a sweep of another {', '.join(differ)} (it has "
+                             f"{'; '.join(f'{n} = {theirs.get(n)}' for n in differ)}); choose another --output for this one")
+        rows = {e["key"]: e["row"] for e in entries[1:] if isinstance(e, dict) and "key" in e and "row" in e}
+        complete = b"\n".join(json.dumps(e, sort_keys=True).encode() for e in entries) + b"\n"
+        self.path.write_bytes(complete)  # drop a cut last line before appending after it
+        return rows
+
+    def append(self, key: str, row: dict[str, Any]) -> None:
+        self._write_lines([{"key": key, "row": row}], "a")
+
+    def _write_lines(self, entries: list[dict[str, Any]], mode: str) -> None:
+        with open(self.path, mode, encoding="utf-8") as file:
+            file.write("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+            file.flush()
+            os.fsync(file.fileno())
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def run_sweep(
     model: Any,
     target: Target | str,
@@ -172,50 +286,72 @@ def run_sweep(
     calibration_samples: int = 512,
     reconstruct: bool = True,
     least_squares: bool = True,
-    on_step: Callable[[str], None] | None = None,
+    executor: Executor | None = None,
+    log: Path | None = None,
+    resume: bool = False,
+    device: str = "cpu",
+    on_event: Callable[[str, str], None] | None = None,
+    on_row: Callable[[str, dict[str, Any] | None, str | None], None] | None = None,
 ) -> SweepResult:
-    """Compile and evaluate ``model`` at every grid point: naive (full-scale and least-squares
-    calibration) and reconstructed from the same float network. ``on_step(text)`` is called
-    after each of the ``len(points) × len(methods)`` compilations (and the fair baseline's, with ``reconstruct``).
+    """Compile and evaluate ``model`` (a :class:`~rramc.ir.Graph`) at every grid point: naive
+    (full-scale and least-squares calibration) and reconstructed from the same float network.
 
-    Each row has the point, ``float`` (the network as given), each method's chip accuracy and, with
-    ``reconstruct``, ``float_retrained``: the float network trained the same extra epochs.
+    Every point is one task of ``executor`` (default: here, one after another). Each row has the
+    point, ``float`` (the network as given), each method's chip accuracy and, with
+    ``reconstruct``, ``float_retrained``: the float network trained the same extra epochs (one
+    more task). With ``log`` (``sweep.jsonl``) every finished task is appended at once and
+    ``resume`` skips those already there. ``on_row(key, row, error)`` is called as each task ends;
+    a failed task leaves its row out (``result.failures``) and the others run on.
     """
-    from rramc.driver import compile as compile_model
-    from rramc.pipeline import named_pipeline
+    from rramc.executors import LocalExecutor
 
     base = load_target(target)
     points = grid_targets(base, axes)
     calibration = train.shuffled(seed).take(calibration_samples)
-    methods: dict[str, Any] = {"naive": "naive"}
-    if least_squares:
-        methods["naive_least_squares"] = "least_squares"
+    methods = ("naive", *(["naive_least_squares"] if least_squares else []), *(["reconstructed"] if reconstruct else []))
+    options = {"epochs": epochs, "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "seed": seed, "device": device}
+    model_hash = _digest(model.to_text()) if hasattr(model, "to_text") else _digest(repr(model))
+    decisive = {**{k: v for k, v in options.items() if k != "device"}, "methods": list(methods), "dataset": test.name,
+                "train_samples": len(train), "test_samples": len(test), "calibration_samples": calibration_samples}
+    tasks: list[tuple[str, tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]]] = []
     if reconstruct:
-        options: dict[str, Any] = {"epochs": epochs, "optimizer": optimizer, "batch_size": batch_size, "seed": seed}
-        if lr is not None:
-            options["lr"] = lr
-        methods["reconstructed"] = named_pipeline("reconstruct", reconstruct=options)
+        ideal = load_target("ideal").to_mapping()
+        tasks.append((_digest([model_hash, ideal, decisive, BASELINE]), ({}, ideal, ("reconstructed",))))
+    keys = []
+    for point, spec in points:
+        mapping = spec.to_mapping()
+        key = _digest([model_hash, mapping, decisive, point])
+        keys.append(key)
+        tasks.append((key, (point, mapping, methods)))
     result = SweepResult({k: list(v) for k, v in axes.items()}, meta={"target": base.name, "dataset": test.name, "epochs": epochs,
                                                                         "optimizer": optimizer, "lr": lr,
                                                                         "title": f"{test.name} on {base.name}"})
-    retrained = None
-    if reconstruct:
-        fair = compile_model(model, load_target("ideal"), calibration.images[:2], calibration_data=calibration,
-                             training_data=train, pipeline=methods["reconstructed"], seed=seed)
-        retrained = fair.run(test).float_accuracy
-        if on_step is not None:
-            on_step(f"float trained {epochs} more epochs (reconstructed for ideal): {100 * retrained:.2f} %")
-    for point, spec in points:
-        row: dict[str, Any] = dict(point)
-        for method, pipeline in methods.items():
-            exe = compile_model(model, spec, calibration.images[:2], calibration_data=calibration, training_data=train,
-                                pipeline=pipeline, seed=seed)
-            report = exe.run(test)
-            row.setdefault("float", report.float_accuracy)
-            if retrained is not None:
-                row.setdefault("float_retrained", retrained)
-            row[method] = report.chip_accuracy
-            if on_step is not None:
-                on_step(f"{point} {method}: {100 * report.chip_accuracy:.2f} %")
+    done: dict[str, dict[str, Any]] = {}
+    sweep_log = None
+    if log is not None:
+        sweep_log = SweepLog(log, {"model": model_hash, "target": _digest(base.to_mapping()), "axes": result.axes, "options": decisive})
+        done = sweep_log.open(resume)
+    todo = [(key, item) for key, item in tasks if key not in done]
+    result.meta["resumed"] = len(tasks) - len(todo)
+    shared = SweepData(model, calibration, train, test, options)
+    runner = executor or LocalExecutor()
+    for outcome in runner.run(sweep_point, shared, todo, on_event):
+        if outcome.ok:
+            done[outcome.key] = outcome.value
+            if sweep_log is not None:
+                sweep_log.append(outcome.key, outcome.value)
+        else:
+            result.failures[outcome.key] = outcome.error or "failed"
+        if on_row is not None:
+            on_row(outcome.key, outcome.value, outcome.error)
+    retrained = done.get(tasks[0][0], {}).get("float") if reconstruct else None
+    for (point, _), key in zip(points, keys):
+        if key not in done:
+            continue
+        row = dict(done[key])
+        if retrained is not None:  # next to float: the fair baseline of the reconstruction
+            row = {k: row[k] for k in (*point, "float")} | {BASELINE: retrained} | {k: v for k, v in row.items() if k not in point and k != "float"}
         result.rows.append(row)
+    result.labels = {key: (point if key in keys else "float trained the same extra epochs (reconstructed for ideal)")
+                     for key, (point, _, _) in tasks}
     return result

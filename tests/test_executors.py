@@ -1,0 +1,144 @@
+"""Sweeps beyond one process: the same rows under every executor, resumable after a kill, failures contained."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import rramc
+from rramc.cli import app
+from rramc.errors import RramcError
+from rramc.executors import LocalExecutor, ProcessExecutor, make_executor
+from rramc.frontend import load_model, save_exported
+from rramc.samples import models
+from rramc.sweep import run_sweep
+from rramc.training import TrainConfig, train_classifier
+
+AXES = {"device.nonlinearity_k": [2.5, 20.0], "crossbar.adc_bits": [6, 8]}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory, digits_train) -> Path:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = train_classifier(models.mlp(64, 32, 10, clipped=True), digits_train, TrainConfig(epochs=8, batch_size=64))
+    path = tmp_path_factory.mktemp("executors") / "mlp.pt2"
+    save_exported(model, digits_train.images[:1], path, dataset="digits")
+    return path
+
+
+def _sweep(model_file: Path, executor, digits_train, digits_test, **options):  # type: ignore[no-untyped-def]
+    graph = load_model(model_file).graph
+    return run_sweep(graph, "rram_a", digits_train.take(256), digits_test.take(90), AXES, epochs=1, executor=executor,
+                     **options)
+
+
+def test_every_executor_gives_the_same_rows(model_file: Path, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
+    """local, a pool of 2 processes and a local Ray with 2 CPUs: the same grid, the same rows, in grid order."""
+    local = _sweep(model_file, LocalExecutor(), digits_train, digits_test)
+    assert len(local.rows) == 4 and not local.failures
+    assert [(r["device.nonlinearity_k"], r["crossbar.adc_bits"]) for r in local.rows] == [(2.5, 6), (2.5, 8), (20.0, 6), (20.0, 8)]
+    with ProcessExecutor(2) as pool:
+        assert _sweep(model_file, pool, digits_train, digits_test).rows == local.rows
+    if not os.environ.get("RRAMC_REQUIRE_RAY"):  # CI sets it: there a missing Ray is a failure, not a skip
+        pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'rramc[ray]'); CI installs it")
+    with make_executor("ray", jobs=2) as ray_executor:
+        assert ray_executor.workers == 2
+        assert _sweep(model_file, ray_executor, digits_train, digits_test).rows == local.rows
+
+
+def test_a_failing_point_leaves_the_others(digits_train, digits_test, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A point whose wires do not converge fails with its error; the other point's row is written, and --resume retries only it."""
+    with resources.as_file(resources.files("rramc.samples") / "digits_mlp.pt2") as path:
+        graph = load_model(path).graph
+    base = rramc.load_target("rram_a").with_changes(
+        wires={"model": "resistive", "method": "exact", "max_iterations": 1, "word_line_resistance": 0.0, "bit_line_resistance": 0.0})
+    log = tmp_path / "sweep.jsonl"
+    for executor in (LocalExecutor(), ProcessExecutor(2)):
+        if log.exists():
+            log.unlink()
+        with executor:
+            result = run_sweep(graph, base, digits_train.take(128), digits_test.take(40), {"crossbar.wire_resistance": [0.0, 5.0]},
+                               reconstruct=False, least_squares=False, executor=executor, log=log)
+        assert [r["crossbar.wire_resistance"] for r in result.rows] == [0.0]
+        (error,) = result.failures.values()
+        assert "the wire solver did not converge" in error
+        assert len(log.read_text().splitlines()) == 2  # the description and the one finished point
+    retried = run_sweep(graph, base, digits_train.take(128), digits_test.take(40), {"crossbar.wire_resistance": [0.0, 5.0]},
+                        reconstruct=False, least_squares=False, log=log, resume=True)
+    assert retried.meta["resumed"] == 1 and len(retried.failures) == 1  # only the failed point ran again
+
+
+def test_a_killed_sweep_resumes_to_the_same_table(model_file: Path, tmp_path: Path) -> None:
+    """SIGKILL a sweep after its first finished point; --resume finishes it; the table equals an uninterrupted run's."""
+    args = ["sweep", str(model_file), "-t", "rram_a", "--k", "2.5,5,7.5,10,20,40,70", "--no-reconstruct", "--test-samples", "360"]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "rramc.cli", *args, "-o", str(killed)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = killed / "sweep.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if log.exists() and len(log.read_bytes().splitlines()) >= 2:  # the description and one finished point
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait(timeout=60)
+    finished = len(log.read_bytes().splitlines()) - 1
+    assert process.returncode == -signal.SIGKILL and 1 <= finished < 7, (process.returncode, finished)
+    assert not (killed / "sweep.csv").exists()
+
+    runner = CliRunner()
+    refused = runner.invoke(app, [*args, "-o", str(killed)])
+    assert refused.exit_code == 1 and "--resume" in refused.output
+    resumed = runner.invoke(app, [*args, "-o", str(killed), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"resumed: {finished} finished point(s)" in resumed.output
+    whole = runner.invoke(app, [*args, "-o", str(tmp_path / "whole")])
+    assert whole.exit_code == 0, whole.output
+    assert (killed / "sweep.csv").read_text() == (tmp_path / "whole" / "sweep.csv").read_text()
+    assert len(list(csv.DictReader((killed / "sweep.csv").open()))) == 7
+    # a log of another grid is not resumed into
+    other = runner.invoke(app, [*args[:5], "2.5,5", *args[6:], "-o", str(killed), "--resume"])
+    assert other.exit_code == 1 and "is a sweep of another axes" in other.output
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--executor", "processes", "--jobs", "0"], ["--jobs 0", "at least 1"]),
+    (["--executor", "cluster"], ["--executor 'cluster'", "local, processes, ray"]),
+    (["--jobs", "2"], ["--jobs is for --executor processes or ray"]),
+    (["--address", "10.0.0.1:6379"], ["--address is for --executor ray"]),
+    (["--device", "tpu9"], ["tpu9"]),
+])
+def test_bad_executor_options(args: list[str], words: list[str], model_file: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["sweep", str(model_file), "-t", "rram_a", "--k", "2.5", "-o", str(tmp_path / "o"), *args],
+                                env={"COLUMNS": "250", "NO_COLOR": "1"})
+    assert result.exit_code == 1 and all(w in result.output for w in words), result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_ray_without_ray_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(RramcError, match=r"pip install 'rramc\[ray\]'"):
+        make_executor("ray")
+
+
+def test_a_sweep_log_with_a_cut_last_line_resumes(model_file: Path, digits_train, digits_test, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A kill in the middle of appending leaves half a line: it is dropped, and that point runs again."""
+    log = tmp_path / "sweep.jsonl"
+    first = _sweep(model_file, None, digits_train, digits_test, reconstruct=False, log=log)
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    again = _sweep(model_file, None, digits_train, digits_test, reconstruct=False, log=log, resume=True)
+    assert again.meta["resumed"] == 3 and again.rows == first.rows
+    assert all(json.loads(line) for line in log.read_bytes().splitlines())
