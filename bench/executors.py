@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=40, help="no-op tasks for the overhead figure")
     parser.add_argument("--skip-sweep", action="store_true", help="only the overhead figures")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per point under every executor (the same value: the same rows); 0: each executor's own")
     args = parser.parse_args()
     executors = ["local", "processes", "ray"]
     try:
@@ -73,18 +75,21 @@ def main() -> None:
     save_exported(net, train.images[:1], folder / "mlp.pt2", dataset="fashion-mnist")
     graph = rramc.frontend.load_model(folder / "mlp.pt2").graph
     axes = {"device.nonlinearity_k": [float(k) for k in args.ks.split(",")]}
-    print(f"\nFashion-MNIST k-sweep, MLP 784-500-250-10, k = {args.ks}, {args.epochs} reconstruction epochs "
+    print(f"\nFashion-MNIST k-sweep, MLP 784-500-250-10, k = {args.ks}, {args.epochs} reconstruction epochs, "
+          f"{args.threads or 'the executor’s'} torch thread(s) per point "
           f"({len(axes['device.nonlinearity_k']) + 1} tasks: the points and the fair baseline)")
     reference = None
     baseline_rows = None
     for name in executors:
         start = time.perf_counter()
         with make_executor(name, jobs=None if name == "local" else args.jobs) as executor:
-            result = run_sweep(graph, "rram_a", train, test, axes, epochs=args.epochs, executor=executor)
+            result = run_sweep(graph, "rram_a", train, test, axes, epochs=args.epochs, executor=executor,
+                               threads=args.threads or None)
         seconds = time.perf_counter() - start
         reference = reference or seconds
         baseline_rows = baseline_rows or result.rows
-        same = "same rows" if result.rows == baseline_rows else "ROWS DIFFER"
+        differ = [(a, b) for a, b in zip(result.rows, baseline_rows) if a != b]
+        same = "same rows" if not differ else f"ROWS DIFFER, e.g. {differ[0][0]} against local's {differ[0][1]}"
         print(f"{name:10s} {seconds:8.1f} s   {reference / seconds:5.2f}× local   {same}", flush=True)
     shutil.rmtree(folder)
 

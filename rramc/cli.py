@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rramc.errors import RramcError, RramcWarning
@@ -41,7 +42,7 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except RramcError as exc:
-            errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             errors.print("interrupted")
@@ -152,7 +153,7 @@ def compile(
 def _warn(messages: list[str]) -> None:
     """What the user should not trust without a look, on stderr (the report also shows it)."""
     for text in messages:
-        errors.print(f"[bold yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+        errors.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def check_output(path: Path, option: str, kind: str, force: bool, *, inputs: tuple[Path | str, ...] = (),
@@ -359,6 +360,9 @@ def sweep(
     resume: Annotated[bool, typer.Option("--resume", help="continue the sweep in OUTPUT: skip the points its sweep.jsonl "
                                          "already holds", metavar=FLAG)] = False,
     device: Annotated[str, typer.Option(help="torch device to run the chips on (cpu, cuda); on Ray, each task gets one GPU")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads per point [default: the executor's: all "
+                                                   "cores for local, cores/jobs for processes, 1 on Ray]; the same value gives "
+                                                   "the same rows under every executor", min=1)] = None,
 ) -> None:
     """Accuracy of the conventional mapping vs the reconstructed network across chip settings.
 
@@ -403,11 +407,12 @@ def sweep(
     from rramc.datasets import fit_inputs
 
     fit_inputs(test.images[:1], loaded_meta.graph.inputs[0].shape, name)
-    output.mkdir(parents=True, exist_ok=True)
     gpus = 1 if device.startswith("cuda") and executor == "ray" else 0
     with make_executor(executor, jobs=jobs, address=address, gpus_per_task=gpus) as runner, _SweepProgress() as progress:
+        output.mkdir(parents=True, exist_ok=True)  # once the executor stands: a refused one leaves nothing behind
         result = run_sweep(loaded_meta.graph, base, train, test, axes, epochs=epochs, optimizer=optimizer, lr=lr, seed=seed,
                            reconstruct=reconstruct, executor=runner, log=output / "sweep.jsonl", resume=resume, device=device,
+                           threads=threads,
                            on_event=progress.event, on_row=progress.row)
     if result.meta.get("resumed"):
         console.print(f"resumed: {result.meta['resumed']} finished point(s) taken from {output / 'sweep.jsonl'}")
@@ -454,7 +459,7 @@ class _SweepProgress:
 
     def row(self, key: str, row: dict[str, Any] | None, error: str | None) -> None:
         if row is None:
-            errors.print(f"[bold red]failed:[/] {error}", highlight=False, soft_wrap=True)
+            errors.print(f"[bold red]failed:[/] {escape(error or '')}", highlight=False, soft_wrap=True)
             return
         accuracies = ", ".join(f"{k} {100 * v:.2f} %" for k, v in row.items() if isinstance(v, float) and 0 <= v <= 1 and "." not in k)
         point = ", ".join(f"{k}={v}" for k, v in row.items() if "." in k) or "float trained the same extra epochs"

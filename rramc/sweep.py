@@ -184,16 +184,24 @@ def sweep_point(shared: SweepData, item: tuple[dict[str, Any], dict[str, Any], t
     target by each method, run it on the test set, and return the row."""
     from rramc.driver import compile as compile_model
 
+    import torch
+
     point, target_mapping, methods = item
     options = shared.options
     spec = Target.from_mapping(target_mapping, f"sweep point {point}")
     row: dict[str, Any] = dict(point)
-    for method in methods:
-        exe = compile_model(shared.model, spec, shared.calibration.images[:2], calibration_data=shared.calibration,
-                            training_data=shared.train, pipeline=_pipeline(method, options), seed=options["seed"])
-        report = exe.run(shared.test, device=options["device"])
-        row.setdefault("float", report.float_accuracy)
-        row[method] = report.chip_accuracy
+    threads = torch.get_num_threads()
+    if options["threads"]:  # CPU sums are reduced in another order with another thread count: fix it for equal rows
+        torch.set_num_threads(options["threads"])
+    try:
+        for method in methods:
+            exe = compile_model(shared.model, spec, shared.calibration.images[:2], calibration_data=shared.calibration,
+                                training_data=shared.train, pipeline=_pipeline(method, options), seed=options["seed"])
+            report = exe.run(shared.test, device=options["device"])
+            row.setdefault("float", report.float_accuracy)
+            row[method] = report.chip_accuracy
+    finally:
+        torch.set_num_threads(threads)
     return row
 
 
@@ -290,6 +298,7 @@ def run_sweep(
     log: Path | None = None,
     resume: bool = False,
     device: str = "cpu",
+    threads: int | None = None,
     on_event: Callable[[str, str], None] | None = None,
     on_row: Callable[[str, dict[str, Any] | None, str | None], None] | None = None,
 ) -> SweepResult:
@@ -302,6 +311,11 @@ def run_sweep(
     more task). With ``log`` (``sweep.jsonl``) every finished task is appended at once and
     ``resume`` skips those already there. ``on_row(key, row, error)`` is called as each task ends;
     a failed task leaves its row out (``result.failures``) and the others run on.
+
+    ``threads``: torch's CPU threads per task (default: what the executor gives, all cores here or
+    ``cores / jobs`` per process). The rows are bit-identical under every executor when it is the
+    same: sums reduced by another number of threads round differently, and a network retrained from
+    them drifts apart.
     """
     from rramc.executors import LocalExecutor
 
@@ -309,9 +323,12 @@ def run_sweep(
     points = grid_targets(base, axes)
     calibration = train.shuffled(seed).take(calibration_samples)
     methods = ("naive", *(["naive_least_squares"] if least_squares else []), *(["reconstructed"] if reconstruct else []))
-    options = {"epochs": epochs, "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "seed": seed, "device": device}
+    if threads is not None and threads < 1:
+        raise RramcError(f"--threads {threads}: need at least 1")
+    options = {"epochs": epochs, "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "seed": seed, "device": device,
+               "threads": threads}
     model_hash = _digest(model.to_text()) if hasattr(model, "to_text") else _digest(repr(model))
-    decisive = {**{k: v for k, v in options.items() if k != "device"}, "methods": list(methods), "dataset": test.name,
+    decisive = {**{k: v for k, v in options.items() if k not in ("device", "threads")}, "methods": list(methods), "dataset": test.name,
                 "train_samples": len(train), "test_samples": len(test), "calibration_samples": calibration_samples}
     tasks: list[tuple[str, tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]]] = []
     if reconstruct:

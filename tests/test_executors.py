@@ -40,11 +40,12 @@ def model_file(tmp_path_factory: pytest.TempPathFactory, digits_train) -> Path: 
 def _sweep(model_file: Path, executor, digits_train, digits_test, **options):  # type: ignore[no-untyped-def]
     graph = load_model(model_file).graph
     return run_sweep(graph, "rram_a", digits_train.take(256), digits_test.take(90), AXES, epochs=1, executor=executor,
-                     **options)
+                     threads=1, **options)
 
 
 def test_every_executor_gives_the_same_rows(model_file: Path, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
-    """local, a pool of 2 processes and a local Ray with 2 CPUs: the same grid, the same rows, in grid order."""
+    """local, a pool of 2 processes and a local Ray with 2 CPUs: the same grid, the same rows, in grid order
+    (with the same torch threads per task: one)."""
     local = _sweep(model_file, LocalExecutor(), digits_train, digits_test)
     assert len(local.rows) == 4 and not local.failures
     assert [(r["device.nonlinearity_k"], r["crossbar.adc_bits"]) for r in local.rows] == [(2.5, 6), (2.5, 8), (20.0, 6), (20.0, 8)]
@@ -142,3 +143,35 @@ def test_a_sweep_log_with_a_cut_last_line_resumes(model_file: Path, digits_train
     again = _sweep(model_file, None, digits_train, digits_test, reconstruct=False, log=log, resume=True)
     assert again.meta["resumed"] == 3 and again.rows == first.rows
     assert all(json.loads(line) for line in log.read_bytes().splitlines())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine: the --device cuda path runs where one is")
+def test_a_sweep_runs_its_chips_on_cuda(model_file: Path, digits_train, digits_test) -> None:  # type: ignore[no-untyped-def]
+    """The same grid with the chips simulated on the GPU: the same accuracies, up to float32 reduction order (one sample)."""
+    cpu = _sweep(model_file, None, digits_train, digits_test, reconstruct=False)
+    gpu = _sweep(model_file, None, digits_train, digits_test, reconstruct=False, device="cuda")
+    for a, b in zip(cpu.rows, gpu.rows):
+        assert a.keys() == b.keys()
+        assert all(abs(a[k] - b[k]) <= 1 / 90 + 1e-9 for k in a if isinstance(a[k], float)), (a, b)
+
+
+def test_ray_missing_from_the_command_line_writes_nothing(model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = CliRunner().invoke(app, ["sweep", str(model_file), "-t", "rram_a", "--k", "2.5", "-o", str(tmp_path / "o"),
+                                      "--executor", "ray"], env={"COLUMNS": "250", "NO_COLOR": "1"})
+    assert result.exit_code == 1 and "pip install 'rramc[ray]'" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def die_on_two(shared: object, item: int) -> int:
+    if item == 2:
+        os._exit(3)  # a worker killed mid-task (out of memory, a signal)
+    return item
+
+
+def test_a_dying_worker_fails_its_tasks_not_the_run() -> None:
+    with ProcessExecutor(2) as pool:
+        outcomes = {o.key: o for o in pool.run(die_on_two, None, [("one", 1), ("two", 2), ("three", 3)])}
+    assert set(outcomes) == {"one", "two", "three"}  # every task is accounted for
+    assert not outcomes["two"].ok and "worker process died" in (outcomes["two"].error or "")
+    assert all(o.ok or "worker process died" in (o.error or "") for o in outcomes.values())

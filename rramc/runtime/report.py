@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rramc.errors import RramcError
@@ -108,6 +109,6 @@ class Report:
             console.print(f"  per inference: {operations['reads']:,.0f} array reads, {operations['dac_conversions']:,.0f} DAC and "
                           f"{operations['adc_conversions']:,.0f} ADC conversions, {operations['macs']:,.0f} cell MACs", style="dim")
         for warning in self.warnings:
-            console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+            console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
         rate = self.samples / self.seconds if self.seconds else float("nan")
         console.print(f"  {self.seconds:.2f} s ({rate:,.0f} samples/s, float and chip passes together)", style="dim")
