@@ -169,6 +169,22 @@ def _ray_task(function: Task, shared: Any, key: str, item: Any) -> Outcome:
     return call(function, shared, key, item)
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse at once a ``host:port`` (or ``ray://host:port``) nothing listens on: Ray itself retries
+    for minutes before it gives up. ``auto`` and other forms are left to Ray."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except OSError as exc:
+        raise RramcError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one with "
+                         "'ray start --head' and give its address, or leave --address out to start a local Ray") from None
+
+
 class RayExecutor(Executor):
     """Ray tasks on the cluster at ``address``, or on a local Ray started on the fly (``jobs`` CPUs)."""
 
@@ -183,6 +199,8 @@ class RayExecutor(Executor):
             raise RramcError("--executor ray needs Ray, an optional dependency: pip install 'rramc[ray]' (or pip install ray)") from None
         self._ray, self.gpus_per_task = ray, gpus_per_task
         self._started = not ray.is_initialized()
+        if self._started and address:
+            _check_reachable(address)
         if self._started:
             try:
                 if address:

@@ -175,3 +175,18 @@ def test_a_dying_worker_fails_its_tasks_not_the_run() -> None:
     assert set(outcomes) == {"one", "two", "three"}  # every task is accounted for
     assert not outcomes["two"].ok and "worker process died" in (outcomes["two"].error or "")
     assert all(o.ok or "worker process died" in (o.error or "") for o in outcomes.values())
+
+
+def test_an_unreachable_ray_address_is_refused_at_once(model_file: Path, tmp_path: Path) -> None:
+    """Nothing listens on the port: a clear message in seconds (Ray alone retries for minutes), and nothing written."""
+    import socket
+
+    with socket.socket() as probe:  # a free port, closed again: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    if not os.environ.get("RRAMC_REQUIRE_RAY"):
+        pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'rramc[ray]'); CI installs it")
+    result = CliRunner().invoke(app, ["sweep", str(model_file), "-t", "rram_a", "--k", "2.5", "-o", str(tmp_path / "o"),
+                                      "--executor", "ray", "--address", f"127.0.0.1:{port}"], env={"COLUMNS": "250", "NO_COLOR": "1"})
+    assert result.exit_code == 1 and f"--address 127.0.0.1:{port}: no Ray cluster answers there" in result.output, result.output
+    assert not (tmp_path / "o").exists()
