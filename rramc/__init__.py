@@ -11,9 +11,9 @@ command line's ``--help`` — do not pay for torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from rramc._lazy import lazy_package
 from rramc._version import __version__
 from rramc.errors import RramcError, RramcWarning
 
@@ -29,26 +29,10 @@ _LAZY = {
     "rramc.runtime.executable": ["Executable", "load_executable"],
     "rramc.runtime.report": ["Report"],
 }
-_SUBMODULES = {"cli", "datasets", "device_fit", "device_plot", "driver", "errors", "frontend", "hardware", "ir", "pipeline", "registry",
-               "runtime", "sweep", "training"}
-_WHERE = {name: module for module, names in _LAZY.items() for name in names}
-
-__all__ = sorted([*_WHERE, "RramcError", "RramcWarning", "__version__"])
-
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None and name in _SUBMODULES:
-        return importlib.import_module(f"rramc.{name}")
-    if module is None:
-        raise AttributeError(f"module 'rramc' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # once imported, a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+_SUBMODULES = {"cli", "datasets", "device_fit", "device_plot", "driver", "errors", "executors", "frontend", "hardware", "ir",
+               "pipeline", "registry", "runtime", "sweep", "training"}
+__all__ = sorted([*(n for listed in _LAZY.values() for n in listed), "RramcError", "RramcWarning", "__version__"])
+__getattr__, __dir__ = lazy_package("rramc", _LAZY, _SUBMODULES, globals())
 
 
 if TYPE_CHECKING:

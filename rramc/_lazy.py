@@ -20,6 +20,7 @@ the laziness (an ``import`` statement inside each function would, on every call)
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 
@@ -46,3 +47,26 @@ def lazy_import(module: str, namespace: dict[str, Any], alias: str | None = None
     ``namespace`` (the importing module's ``globals()``): its first attribute imports ``module``
     and rebinds ``alias`` there to the module itself."""
     return _LazyModule(module, namespace, alias or module.rpartition(".")[2])
+
+
+def lazy_package(package: str, names: dict[str, list[str]], submodules: set[str], namespace: dict[str, Any]
+                 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's module-level ``__getattr__`` and ``__dir__`` (PEP 562) that import its public
+    ``names`` (``{module: [name, ...]}``) and its ``submodules`` on first use; an imported name
+    then becomes a plain attribute of the package (``namespace``: its ``globals()``)."""
+    where = {name: module for module, listed in names.items() for name in listed}
+
+    def __getattr__(name: str) -> Any:
+        module = where.get(name)
+        if module is None and name in submodules:
+            return importlib.import_module(f"{package}.{name}")
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        namespace[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*namespace, *where})
+
+    return __getattr__, __dir__

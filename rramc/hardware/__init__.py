@@ -15,8 +15,9 @@ this package runs this file first, and loading or describing a target (``target`
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from rramc._lazy import lazy_package
 
 _LAZY = {
     "rramc.hardware.column_solver": ["COLUMN_SOLVERS", "ColumnSolver"],
@@ -29,24 +30,8 @@ _LAZY = {
 _SUBMODULES = {"calibration", "column_solver", "config", "converters", "currents", "device_aware", "devices", "expansion",
                "input_encoding", "interpreter", "layer", "lowering", "mapping", "observers", "target", "tiling",
                "weight_encoding", "wires"}
-_WHERE = {name: module for module, names in _LAZY.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None and name in _SUBMODULES:
-        return importlib.import_module(f"rramc.hardware.{name}")
-    if module is None:
-        raise AttributeError(f"module 'rramc.hardware' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # once imported, a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__ = sorted(n for listed in _LAZY.values() for n in listed)
+__getattr__, __dir__ = lazy_package("rramc.hardware", _LAZY, _SUBMODULES, globals())
 
 
 if TYPE_CHECKING:
