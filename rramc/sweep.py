@@ -252,8 +252,9 @@ class SweepLog:
             except ValueError:
                 if number == len(lines) or (number == len(lines) - 1 and not lines[-1].strip()):
                     break  # the last line, cut by a kill: that point runs again
-                raise RramcError(f"{self.path}, line {number}: not a sweep log line; --resume needs the file rramc sweep wrote") from None
-        if not entries or not isinstance(entries[0], dict) or "sweep" not in entries[0]:
+                raise RramcError(f"{self.path}, line {number}: not a sweep log line; --resume needs the file rramc sweep "
+                                 "wrote") from None
+        if not entries or not isinstance(entries[0], dict) or not isinstance(entries[0].get("sweep"), dict):
             raise RramcError(f"{self.path}: not a sweep log (its first line does not describe a sweep)")
         theirs = entries[0]["sweep"]
         differ = [name for name in self.description if theirs.get(name) != self.description[name]]
@@ -262,7 +263,7 @@ class SweepLog:
                              f"{'; '.join(f'{n} = {theirs.get(n)}' for n in differ)}); choose another --output for this one")
         rows = {e["key"]: e["row"] for e in entries[1:] if isinstance(e, dict) and "key" in e and "row" in e}
         complete = b"\n".join(json.dumps(e, sort_keys=True).encode() for e in entries) + b"\n"
-        self.path.write_bytes(complete)  # drop a cut last line before appending after it
+        write_atomically(self.path, complete)  # drop a cut last line before appending after it (a kill now loses nothing)
         return rows
 
     def append(self, key: str, row: dict[str, Any]) -> None:

@@ -190,3 +190,17 @@ def test_an_unreachable_ray_address_is_refused_at_once(model_file: Path, tmp_pat
                                       "--executor", "ray", "--address", f"127.0.0.1:{port}"], env={"COLUMNS": "250", "NO_COLOR": "1"})
     assert result.exit_code == 1 and f"--address 127.0.0.1:{port}: no Ray cluster answers there" in result.output, result.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"hello\n{}\n", "line 1: not a sweep log line"),
+    (b'{"sweep": 3}\n', "not a sweep log"),
+    (b'{"key": "x", "row": {}}\n', "not a sweep log"),
+])
+def test_resuming_a_file_that_is_not_a_sweep_log(content: bytes, words: str, model_file: Path, digits_train, digits_test,  # type: ignore[no-untyped-def]
+                                                 tmp_path: Path) -> None:
+    log = tmp_path / "sweep.jsonl"
+    log.write_bytes(content)
+    with pytest.raises(RramcError, match=words):
+        _sweep(model_file, None, digits_train, digits_test, reconstruct=False, log=log, resume=True)
+    assert log.read_bytes() == content  # refused: left as it was
