@@ -72,11 +72,13 @@ def compile(
         example_input = samples[:2]  # the calibration batch shows the shapes as well as an example does
     graph, source, recorded = import_model(model, example_input)
     if samples is None and example_input is None and recorded.get("model.dataset"):
-        # A .pt2 written by rramc.frontend.save_exported names its data set: calibrate (and train) on it, as the CLI does.
-        calibration_data = load_dataset(recorded["model.dataset"], "train").shuffled(seed).take(CALIBRATION_SAMPLES)
+        # A .pt2 written by rramc.frontend.save_exported names its data set (and crop): calibrate and train on it, as
+        # compile_file (the CLI) does, through the same loader.
+        recorded_set = _dataset(recorded["model.dataset"], None, recorded.get("model.crop"))
+        calibration_data = recorded_set.shuffled(seed).take(CALIBRATION_SAMPLES)
         samples = calibration_data.images
         if training_data is None:
-            training_data = load_dataset(recorded["model.dataset"], "train")
+            training_data = recorded_set
         log(f"calibrating on {len(samples)} samples of {calibration_data.name} (train), the data set {model} records")
         recorded["calibration"] = calibration_data.name
     if samples is None:
