@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,6 +52,30 @@ def residual_cnn() -> nn.Module:
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.1, 0.1)
     return model.eval()
+
+
+def _write_digits_mlp(folder: Path) -> dict[str, Path]:
+    """An untrained 64-32-10 MLP for digits in ``folder`` as the CLI meets models: ``pt2`` (a torch.export
+    archive recording its data set), ``state`` (its state_dict) and ``exe`` (compiled for ``ideal``)."""
+    from typer.testing import CliRunner
+
+    from rramc.cli import app
+    from rramc.frontend import save_exported
+
+    torch.manual_seed(0)
+    model = models.mlp(64, 32, 10).eval()
+    paths = {"pt2": folder / "mlp.pt2", "state": folder / "mlp_state.pt", "exe": folder / "mlp.rramx"}
+    save_exported(model, torch.rand(2, 1, 8, 8), paths["pt2"], dataset="digits")
+    torch.save(model.state_dict(), paths["state"])
+    result = CliRunner().invoke(app, ["compile", str(paths["pt2"]), "-t", "ideal", "-o", str(paths["exe"])])
+    assert result.exit_code == 0, result.output
+    return paths
+
+
+@pytest.fixture(scope="session")
+def write_digits_mlp() -> Callable[[Path], dict[str, Path]]:
+    """Writes the bad-input tests' model files into a folder (see :func:`_write_digits_mlp`)."""
+    return _write_digits_mlp
 
 
 @pytest.fixture(scope="session")

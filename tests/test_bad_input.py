@@ -154,20 +154,15 @@ def unsupported_conv_first():
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def files(tmp_path_factory: pytest.TempPathFactory, write_digits_mlp) -> dict[str, Path]:  # type: ignore[no-untyped-def]
     d = tmp_path_factory.mktemp("bad_files")
-    torch.manual_seed(0)
-    model = models.mlp(64, 32, 10).eval()
-    save_exported(model, torch.rand(2, 1, 8, 8), d / "mlp.pt2", dataset="digits")
-    torch.save(model.state_dict(), d / "mlp_state.pt")
-    torch.save(model, d / "whole_module.pt")
+    paths = write_digits_mlp(d)
+    model = models.mlp(64, 32, 10)
+    model.load_state_dict(torch.load(paths["state"]))
+    torch.save(model.eval(), d / "whole_module.pt")
     (d / "bad_nets.py").write_text(NETS)
     (d / "broken_import.py").write_text("import does_not_exist_xyz\n\ndef small():\n    return None\n")
-    exe = d / "mlp.rramx"
-    result = CliRunner().invoke(app, ["compile", str(d / "mlp.pt2"), "-t", "ideal", "-o", str(exe)])
-    assert result.exit_code == 0, result.output
-    return {"dir": d, "pt2": d / "mlp.pt2", "state": d / "mlp_state.pt", "whole": d / "whole_module.pt",
-            "nets": d / "bad_nets.py", "broken": d / "broken_import.py", "exe": exe}
+    return {"dir": d, **paths, "whole": d / "whole_module.pt", "nets": d / "bad_nets.py", "broken": d / "broken_import.py"}
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,6 @@ import rramc
 from rramc.cli import app
 from rramc.frontend import save_exported
 from rramc.runtime.file_format import serialize
-from rramc.samples import models
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RRAM_A = yaml.safe_load((resources.files("rramc.targets") / "rram_a.yaml").read_text(encoding="utf-8"))
@@ -126,12 +125,9 @@ WARNING_CASES: list[tuple[str, str, list[str]]] = [
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def files(tmp_path_factory: pytest.TempPathFactory, write_digits_mlp) -> dict[str, Path]:  # type: ignore[no-untyped-def]
     d = tmp_path_factory.mktemp("catalogue")
-    torch.manual_seed(0)
-    model = models.mlp(64, 32, 10).eval()
-    save_exported(model, torch.rand(2, 1, 8, 8), d / "mlp.pt2", dataset="digits")
-    torch.save(model.state_dict(), d / "mlp_state.pt")
+    write_digits_mlp(d)
     (d / "nets.py").write_text("from rramc.samples import models\n\ndef small():\n    return models.mlp(64, 32, 10)\n")
     (d / "rram_a.yaml").write_text(yaml.safe_dump(RRAM_A))
     (d / "notes.txt").write_text("my notes: not an executable\n")
@@ -150,9 +146,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (d / "pass_clash.py").write_text(
         "from dataclasses import dataclass\nfrom rramc import Pass\n\n\n@dataclass(frozen=True)\nclass MyQuantize(Pass):\n"
         "    name = 'quantize'\n\n    def run(self, graph, ctx):\n        return graph\n")
-    exe = d / "mlp.rramx"
-    result = CliRunner().invoke(app, ["compile", str(d / "mlp.pt2"), "-t", "ideal", "-o", str(exe)])
-    assert result.exit_code == 0, result.output
     names = {"pt2": "mlp.pt2", "state": "mlp_state.pt", "nets": "nets.py", "exe": "mlp.rramx", "yaml": "rram_a.yaml",
              "text": "notes.txt", "empty": "empty.rramx", "dup_key": "dup_key.yaml", "hot": "hot.yaml", "steep": "steep.yaml",
              "table_nan": "table_nan.yaml", "pass_syntax": "pass_syntax.py", "pass_raises": "pass_raises.py",
