@@ -371,9 +371,9 @@ def sweep(
     sweep that dies loses none of them (--resume continues it).
     """
     from rramc.datasets import load_dataset
+    from rramc.executors import check_executor_options, make_executor
     from rramc.frontend import load_model
     from rramc.hardware import load_target
-    from rramc.executors import EXECUTORS, make_executor
     from rramc.sweep import grid_targets, parse_axis, run_sweep
 
     texts = [f"{name}={values}" for name, values in (("k", k), ("read_voltage", read_voltage), ("adc_bits", adc_bits)) if values]
@@ -384,14 +384,7 @@ def sweep(
     grid_targets(base, axes)  # every point valid before any work
     if output.exists() and not output.is_dir():
         raise RramcError(f"--output {output} exists and is not a directory")
-    if executor not in EXECUTORS:
-        raise RramcError(f"--executor {executor!r}: unknown; choose from {', '.join(EXECUTORS)}")
-    if jobs is not None and jobs < 1:
-        raise RramcError(f"--jobs {jobs}: need at least 1")
-    if executor == "local" and jobs is not None:
-        raise RramcError("--jobs is for --executor processes or ray; local runs one point after another")
-    if address is not None and executor != "ray":
-        raise RramcError("--address is for --executor ray")
+    check_executor_options(executor, jobs, address)  # before the model and the data load
     _torch_device(device)
     loaded_meta = load_model(model, factory=factory, input_shape=None if model.suffix == ".pt2" else
                              load_dataset(dataset or "digits", "train", data_dir).sample_shape)

@@ -244,16 +244,23 @@ class RayExecutor(Executor):
 EXECUTORS = ("local", "processes", "ray")
 
 
+def check_executor_options(name: str, jobs: int | None = None, address: str | None = None) -> None:
+    """Refuse an executor name, a worker count or an address that do not go together, before any work."""
+    if name not in EXECUTORS:
+        raise RramcError(f"--executor {name!r}: unknown; choose from {', '.join(EXECUTORS)}")
+    if jobs is not None and jobs < 1:
+        raise RramcError(f"--jobs {jobs}: need at least 1")
+    if name == "local" and jobs is not None:
+        raise RramcError("--jobs is for --executor processes or ray; local runs one point after another")
+    if address is not None and name != "ray":
+        raise RramcError("--address is for --executor ray")
+
+
 def make_executor(name: str, *, jobs: int | None = None, address: str | None = None, gpus_per_task: float = 0) -> Executor:
     """The executor ``name`` (see :data:`EXECUTORS`); ``jobs``: worker processes (processes) or CPUs of a local Ray."""
+    check_executor_options(name, jobs, address)
     if name == "local":
-        if address:
-            raise RramcError("--address is for --executor ray")
         return LocalExecutor()
     if name == "processes":
-        if address:
-            raise RramcError("--address is for --executor ray")
         return ProcessExecutor(jobs if jobs is not None else (os.cpu_count() or 1))
-    if name == "ray":
-        return RayExecutor(address, jobs, gpus_per_task)
-    raise RramcError(f"--executor {name!r}: unknown; choose from {', '.join(EXECUTORS)}")
+    return RayExecutor(address, jobs, gpus_per_task)
