@@ -97,7 +97,8 @@ class Reconstruct(Pass):
         if len(data) == 0:
             raise PassError("the training data set is empty")
         (graph_input,) = graph.inputs
-        sample = fit_inputs(data.shuffled(seed).take(1024).images, graph_input.shape, data.name)
+        subset = data.shuffled(seed).take(1024)
+        sample = fit_inputs(subset.images, graph_input.shape, data.name)
         self._clip_relus(graph, sample)
         ranges = self._input_ranges(graph, sample)
         plan = self.plan(ctx)
@@ -108,7 +109,7 @@ class Reconstruct(Pass):
         lr = self.lr if self.lr is not None else (1e-3 if self.optimizer == "adam" else 0.05)
         config = TrainConfig(epochs=self.epochs, lr=lr, optimizer=self.optimizer, batch_size=self.batch_size, seed=seed,
                              schedule=self.schedule)
-        start = self._fit(network, data.shuffled(seed).take(1024), graph_input.shape)
+        start = self._fit(network, sample, subset.labels)
         history: list[tuple[float, float]] = []
 
         def on_epoch(epoch: int, loss: float, acc: float) -> None:
@@ -133,13 +134,13 @@ class Reconstruct(Pass):
         return graph
 
     @staticmethod
-    def _fit(network: torch.nn.Module, data: Dataset, shape: tuple[int, ...]) -> tuple[float, float]:
-        """Cross-entropy and accuracy of the device-aware network on ``data`` before training: the baseline
+    def _fit(network: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        """Cross-entropy and accuracy of the device-aware network on a sample before training: the baseline
         that tells a diverged training from a slow one."""
         network.eval()
         with torch.no_grad():
-            logits = network(fit_inputs(data.images, shape, data.name))
-        return float(torch.nn.functional.cross_entropy(logits, data.labels)), float((logits.argmax(1) == data.labels).float().mean())
+            logits = network(inputs)
+        return float(torch.nn.functional.cross_entropy(logits, labels)), float((logits.argmax(1) == labels).float().mean())
 
     def _clip_relus(self, graph: Graph, sample: torch.Tensor) -> None:
         """Replace ReLUs (and open-ended clamps) by clipped ReLUs at a percentile of their activations."""
