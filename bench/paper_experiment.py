@@ -34,6 +34,7 @@ from rramc.executors import EXECUTORS, make_executor
 from rramc.hardware.currents import with_read_current
 from rramc.sweep import SweepLog
 from rramc.samples import models
+from rramc.torch_devices import check_torch_device
 from rramc.training import TrainConfig, accuracy, train_classifier
 
 NETWORKS = {"mlp": ("MLP 784-500-250-10", models.paper_mlp), "deep_mlp": ("MLP 784-2500-2000-1500-1000-500-10", models.paper_deep_mlp),
@@ -63,13 +64,15 @@ def target_point(shared: dict, item: tuple[str, dict]) -> dict:
     target = rramc.Target.from_mapping(mapping, label)
     net, calibration, train, test = shared["net"], shared["calibration"], shared["train"], shared["test"]
     example = calibration.images[:2]
-    naive = rramc.compile(net, target, example, calibration_data=calibration, pipeline="naive").run(test)
-    naive_ls = rramc.compile(net, target, example, calibration_data=calibration, pipeline="least_squares").run(test)
+    device = shared["device"]
+    naive = rramc.compile(net, target, example, calibration_data=calibration, pipeline="naive").run(test, device=device)
+    naive_ls = rramc.compile(net, target, example, calibration_data=calibration, pipeline="least_squares").run(test, device=device)
     start = time.perf_counter()
     lr = 1e-3 if shared["optimizer"] == "adam" else 0.05
     pipeline = rramc.named_pipeline("reconstruct", reconstruct={"epochs": shared["epochs"], "optimizer": shared["optimizer"],
-                                                                "lr": lr, "batch_size": 128})
-    recon = rramc.compile(net, target, example, calibration_data=calibration, training_data=train, pipeline=pipeline).run(test)
+                                                                "lr": lr, "batch_size": 128, "device": device})
+    recon = rramc.compile(net, target, example, calibration_data=calibration, training_data=train,
+                          pipeline=pipeline).run(test, device=device)
     return {"target": label, "naive": naive.chip_accuracy, "naive_least_squares": naive_ls.chip_accuracy,
             "reconstructed": recon.chip_accuracy, "reconstructed_model": recon.float_accuracy,
             "reconstruct_seconds": round(time.perf_counter() - start, 1)}
@@ -94,7 +97,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, help="processes: worker processes; ray: CPUs of a local Ray")
     parser.add_argument("--address", help="ray: the cluster to run on [default: a local Ray]")
     parser.add_argument("--resume", action="store_true", help="skip the points <out>.jsonl already holds")
+    parser.add_argument("--device", default="cpu", help="torch device to reconstruct and simulate on (cpu, cuda); one GPU per Ray task")
     args = parser.parse_args()
+    try:
+        check_torch_device(args.device, here=args.address is None)
+    except rramc.RramcError as exc:
+        parser.error(str(exc))
     families = args.targets.split(",")
     if unknown := set(families) - {"rram_a", "rram_b"}:
         parser.error(f"--targets: unknown {sorted(unknown)}; allowed: rram_a, rram_b")
@@ -115,7 +123,8 @@ def main() -> None:
         finished = log.open(args.resume)
     except rramc.RramcError as exc:
         parser.error(str(exc))
-    executor = make_executor(args.executor, jobs=args.jobs, address=args.address)
+    executor = make_executor(args.executor, jobs=args.jobs, address=args.address,
+                             gpus_per_task=1 if args.device.startswith("cuda") and args.executor == "ray" else 0)
     print(f"{args.dataset}: {len(train)} train, {len(test)} test samples; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'network':36s} {'target':46s} {'ideal':>6s} {'naive':>6s} {'naive LS':>8s} {'recon':>6s} {'recon s':>8s}")
     for key in args.networks.split(","):
@@ -130,7 +139,7 @@ def main() -> None:
         print(f"{title}: float {100 * float_acc:.2f} %, float +{args.epochs} epochs {100 * ideal_acc:.2f} % "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
         shared = {"net": float_net, "calibration": calibration, "train": train, "test": test, "epochs": args.epochs,
-                  "optimizer": args.optimizer}
+                  "optimizer": args.optimizer, "device": args.device}
         items = [(f"{key} {label}", (label, target.to_mapping())) for label, target in targets(families, ks, args.periphery)]
         for task_key, (label, _) in items:
             if task_key in finished:

@@ -21,6 +21,7 @@ from rramc.hardware.interpreter import FloatKernel, Interpreter
 from rramc.hardware.mapping import MappingPlan
 from rramc.ir import Clamp, Conv2d, CrossbarOp, DeviceTraining, Graph, InputRange, Linear, ReLU
 from rramc.pipeline import CompileContext, Pass, option
+from rramc.torch_devices import check_torch_device
 from rramc.training import TrainConfig, train_classifier
 
 
@@ -56,6 +57,7 @@ class Reconstruct(Pass):
     converters: bool = option("train through the target's DAC and ADC", False)
     variation: bool = option("train with the target's programming variation, faults and read noise", False)
     wires: bool = option("train through the target's wires (IR drop) on the tiles the pipeline will cut", False)
+    device: str = option("torch device to train on: cpu, cuda, cuda:1, ... (the executable is the same wherever it was trained)", "cpu")
 
     def requires(self, graph: Graph, ctx: CompileContext) -> None:
         if graph.nodes_of(CrossbarOp):
@@ -71,6 +73,7 @@ class Reconstruct(Pass):
         for name, value, low in (("epochs", self.epochs, 0), ("batch_size", self.batch_size, 1), ("samples", self.samples, 1)):
             if value is not None and value < low:
                 raise PassError(f"option {name}={value}: must be at least {low}")
+        check_torch_device(self.device, "reconstruct option device", PassError)
         if (self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr))) or not 0 < self.clip_percentile <= 100:
             raise PassError("lr must be a positive number and clip_percentile in (0, 100]")
 
@@ -103,12 +106,12 @@ class Reconstruct(Pass):
         ranges = self._input_ranges(graph, sample)
         plan = self.plan(ctx)
         in_loop = InLoop(self.levels, self.converters, self.variation, self.wires)
-        network = DeviceAwareNetwork(graph, ctx.target, plan, ranges, in_loop, seed=seed)
+        network = DeviceAwareNetwork(graph, ctx.target, plan, ranges, in_loop, seed=seed, device=self.device)
         if self.init == "scratch":
             network.reinitialize(seed)
         lr = self.lr if self.lr is not None else (1e-3 if self.optimizer == "adam" else 0.05)
         config = TrainConfig(epochs=self.epochs, lr=lr, optimizer=self.optimizer, batch_size=self.batch_size, seed=seed,
-                             schedule=self.schedule)
+                             schedule=self.schedule, device=self.device)
         start = self._fit(network, sample, subset.labels)
         history: list[tuple[float, float]] = []
 
@@ -139,7 +142,7 @@ class Reconstruct(Pass):
         that tells a diverged training from a slow one."""
         network.eval()
         with torch.no_grad():
-            logits = network(inputs)
+            logits = network(inputs.to(network.device)).cpu()
         return float(torch.nn.functional.cross_entropy(logits, labels)), float((logits.argmax(1) == labels).float().mean())
 
     def _clip_relus(self, graph: Graph, sample: torch.Tensor) -> None:

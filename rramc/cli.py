@@ -94,6 +94,7 @@ def compile(
     init: Annotated[str, typer.Option(help="--reconstruct: finetune the trained weights or train from scratch")] = "finetune",
     train_samples: Annotated[Optional[int], typer.Option(help="--reconstruct: use at most this many training samples")] = None,
     in_loop: Annotated[Optional[str], typer.Option(help="--reconstruct: also train through levels,converters,variation,wires (comma-separated)")] = None,
+    device: Annotated[str, typer.Option(help="--reconstruct: torch device to train on (cpu, cuda, cuda:1)")] = "cpu",
     pass_files: Annotated[Optional[list[Path]], typer.Option("--pass-file", help="a local .py file defining rramc.Pass subclasses, usable in --passes (repeatable; runs its code)")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace an existing output that is not an executable compiled from MODEL", metavar=FLAG)] = False,
 ) -> None:
@@ -117,13 +118,14 @@ def compile(
         raise RramcError(f"--pipeline {pipeline!r}: unknown pipeline; known: {', '.join(PIPELINES.names())} "
                          "(a list of passes goes to --passes)")
     training = {"epochs": (epochs, 3), "optimizer": (optimizer, "adam"), "lr": (lr, None), "batch-size": (batch_size, 128),
-                "init": (init, "finetune"), "train-samples": (train_samples, None), "in-loop": (in_loop, None)}
+                "init": (init, "finetune"), "train-samples": (train_samples, None), "in-loop": (in_loop, None),
+                "device": (device, "cpu")}
     if pipeline == "reconstruct":  # the named pipeline is what --reconstruct runs: its options apply
         reconstruct, pipeline = True, None
     options = None
     if reconstruct:
         options = {"epochs": epochs, "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "seed": seed, "init": init,
-                   "samples": train_samples, **_in_loop(in_loop)}
+                   "samples": train_samples, "device": _torch_device(device), **_in_loop(in_loop)}
         options = {k: v for k, v in options.items() if v is not None}
     else:
         given = [f"--{name}" for name, (value, default) in training.items() if value != default]
@@ -238,16 +240,10 @@ def run(
         console.print(f"wrote {json_path}")
 
 
-def _torch_device(name: str) -> str:
-    import torch
+def _torch_device(name: str, *, here: bool = True) -> str:
+    from rramc.torch_devices import check_torch_device
 
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise RramcError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RramcError("--device cuda: no CUDA device is available here; use --device cpu")
-    return name
+    return check_torch_device(name, here=here)
 
 
 @app.command()
@@ -359,7 +355,7 @@ def sweep(
                                                    "[default: start a local Ray]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the sweep in OUTPUT: skip the points its sweep.jsonl "
                                          "already holds", metavar=FLAG)] = False,
-    device: Annotated[str, typer.Option(help="torch device to run the chips on (cpu, cuda); on Ray, each task gets one GPU")] = "cpu",
+    device: Annotated[str, typer.Option(help="torch device to reconstruct and run the chips on (cpu, cuda); on Ray, each task gets one GPU")] = "cpu",
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads per point [default: the executor's: all "
                                                    "cores for local, cores/jobs for processes, 1 on Ray]; the same value gives "
                                                    "the same rows under every executor", min=1)] = None,
@@ -385,7 +381,7 @@ def sweep(
     if output.exists() and not output.is_dir():
         raise RramcError(f"--output {output} exists and is not a directory")
     check_executor_options(executor, jobs, address)  # before the model and the data load
-    _torch_device(device)
+    _torch_device(device, here=address is None)  # a cluster's GPUs are its workers' (the executor checks it has them)
     loaded_meta = load_model(model, factory=factory, input_shape=None if model.suffix == ".pt2" else
                              load_dataset(dataset or "digits", "train", data_dir).sample_shape)
     name = dataset or loaded_meta.metadata.get("dataset")

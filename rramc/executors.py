@@ -210,7 +210,34 @@ class RayExecutor(Executor):
             except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types for the same failure
                 raise RramcError(f"--executor ray{' --address ' + address if address else ''}: cannot start or reach Ray: "
                                  f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-        self.workers = int(ray.cluster_resources().get("CPU", 1))
+        try:
+            self.workers = int(ray.cluster_resources().get("CPU", 1))
+            gpus = ray.cluster_resources().get("GPU", 0)
+            if gpus_per_task and gpus < gpus_per_task:
+                raise RramcError(f"--device cuda on Ray: the cluster has {gpus:g} GPUs; each task needs {gpus_per_task:g}. "
+                                 "Run on a cluster with GPUs, or use --device cpu")
+            self.check_workers()
+        except BaseException:
+            self.close()
+            raise
+
+    def check_workers(self, distribution: str = "rramc", timeout: float = 120.0) -> None:
+        """Refuse a cluster whose workers lack ``distribution`` or have another version of it: their tasks
+        would all fail to load, or return rows another version computed."""
+        from importlib import metadata
+
+        ray = self._ray
+        probe = ray.remote(num_cpus=0, max_retries=0)(metadata.version)  # a standard-library function: loads anywhere
+        try:
+            there = ray.get(probe.remote(distribution), timeout=timeout)
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise RramcError(f"--executor ray: the cluster's workers cannot find {distribution} ({text}); install it on every "
+                             f"node (pip install '{distribution}[ray]'), or start Ray with a runtime_env that provides it") from None
+        here = metadata.version(distribution)
+        if there != here:
+            raise RramcError(f"--executor ray: the cluster's workers have {distribution} {there}, this machine {here}; "
+                             "install the same version on every node, so that every point is computed alike")
 
     def run(self, function: Task, shared: Any, items: Sequence[tuple[str, Any]], on_event: Events | None = None) -> Iterator[Outcome]:
         ray = self._ray

@@ -212,7 +212,7 @@ def _pipeline(method: str, options: dict[str, Any]) -> Any:
         return "naive"
     if method == "naive_least_squares":
         return "least_squares"
-    training = {k: options[k] for k in ("epochs", "optimizer", "batch_size", "seed")}
+    training = {k: options[k] for k in ("epochs", "optimizer", "batch_size", "seed", "device")}
     if options["lr"] is not None:
         training["lr"] = options["lr"]
     return named_pipeline("reconstruct", reconstruct=training)

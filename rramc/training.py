@@ -25,6 +25,9 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 0
     schedule: str = "cosine"
+    device: str = "cpu"
+    """Where the batches go; the model must already be there. Shuffling stays on the CPU, so the
+    order of the batches is the same on every device."""
 
 
 def accuracy(model: Callable[[Tensor], Tensor], dataset: Dataset, batch_size: int = 1024) -> float:
@@ -82,6 +85,7 @@ def train_classifier(
                 model.train()
                 total_loss = correct = seen = 0.0
                 for x, y in train.shuffled(config.seed * 1000 + epoch).batches(config.batch_size):
+                    x, y = x.to(config.device), y.to(config.device)
                     optimizer.zero_grad()
                     logits = model(x)
                     loss = nn.functional.cross_entropy(logits, y)

@@ -487,7 +487,7 @@ def test_rewriting_the_manifest_keeps_a_valid_file(files: dict[str, Path], tmp_p
 def test_run_on_a_missing_cuda_device(files: dict[str, Path], tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is available here")
-    has_all(run_fails(files["exe"], "--device", "cuda", tmp_path=tmp_path), "--device cuda", "--device cpu")
+    has_all(run_fails(files["exe"], "--device", "cuda", tmp_path=tmp_path), "--device cuda", "no CUDA device", "use cpu")
     has_all(run_fails(files["exe"], "--device", "tpu9", tmp_path=tmp_path), "'tpu9'", "not a torch device")
 
 

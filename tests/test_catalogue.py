@@ -58,6 +58,10 @@ CLI_CASES: list[tuple[str, str, list[str]]] = [
      ["--calibration-samples 0", "at least 1"]),
     ("calibration-samples-negative", "compile {pt2} -t rram_a --calibration-samples -5", ["--calibration-samples -5", "at least 1"]),
     ("train-samples-zero", "compile {pt2} -t rram_a --reconstruct --train-samples 0", ["samples=0", "at least 1"]),
+    # devices
+    ("compile-device-without-reconstruct", "compile {pt2} -t rram_a --device cuda", ["--device", "configure --reconstruct"]),
+    ("compile-device-not-a-device", "compile {pt2} -t rram_a --reconstruct --device tpu9", ["--device 'tpu9' is not a torch device"]),
+    ("sweep-device-not-a-device", "sweep {pt2} -t rram_a --k 2.5 --device npu -o {dir}/sweep", ["--device 'npu' is not a torch device"]),
     ("epochs-negative", "compile {pt2} -t rram_a --reconstruct --epochs -1", ["epochs=-1", "at least 0"]),
     ("optimizer-unknown", "compile {pt2} -t rram_a --reconstruct --optimizer rmsprop", ["rmsprop", "adam", "sgd"]),
     ("init-unknown", "compile {pt2} -t rram_a --reconstruct --init warm", ["warm", "finetune", "scratch"]),

@@ -56,6 +56,15 @@ def test_every_executor_gives_the_same_rows(model_file: Path, digits_train, digi
     with make_executor("ray", jobs=2) as ray_executor:
         assert ray_executor.workers == 2
         assert _sweep(model_file, ray_executor, digits_train, digits_test).rows == local.rows
+        # a cluster whose workers lack the project is refused before any task (probed with a distribution none has)
+        with pytest.raises(RramcError, match="the cluster's workers cannot find rramc-not-installed.*install it on every node"):
+            ray_executor.check_workers("rramc-not-installed")
+    if not torch.cuda.is_available():  # GPU tasks on a cluster without GPUs would wait for ever: refused, and Ray stopped
+        with pytest.raises(RramcError, match="the cluster has 0 GPUs; each task needs 1"):
+            make_executor("ray", jobs=1, gpus_per_task=1)
+        import ray
+
+        assert not ray.is_initialized()
 
 
 def test_a_failing_point_leaves_the_others(digits_train, digits_test, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -123,6 +123,13 @@ def test_reconstruct_refuses_what_it_cannot_train(digits_train) -> None:  # type
     with pytest.raises(PassError, match="run reconstruct before quantize"):
         rramc.compile(clipped_mlp, "rram_a", example, training_data=digits_train,
                       pipeline="canonicalize,quantize,reconstruct,tile,calibrate,emit")
+    with pytest.raises(PassError, match="reconstruct option device tpu9 .*not a torch device|reconstruct option device 'tpu9' is not"):
+        rramc.compile(clipped_mlp, "rram_a", example, training_data=digits_train,
+                      pipeline="canonicalize,reconstruct{device=tpu9},quantize,tile,calibrate,emit")
+    if not torch.cuda.is_available():
+        with pytest.raises(PassError, match="reconstruct option device cuda: no CUDA device is available here"):
+            rramc.compile(clipped_mlp, "rram_a", example, training_data=digits_train,
+                          pipeline="canonicalize,reconstruct{device=cuda},quantize,tile,calibrate,emit")
     wrong_size = rramc.load_dataset("digits", "train")
     big = models.mlp(784, 10)
     with pytest.raises(DatasetError, match="has samples of shape \\[1, 8, 8\\] .64 values., but the network takes \\[784\\]"):
@@ -146,3 +153,19 @@ def test_a_reconstructed_executable_keeps_the_network_as_given(clipped_mlp, digi
     with torch.no_grad():
         x = digits_test.images[:8]
         assert torch.equal(rramc.Executable(rebuilt.original, rebuilt.target).reference(x), clipped_mlp(x))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine: reconstruct{device=cuda} runs where one is"))])
+def test_training_on_a_device_trains_the_same_network(trained_mlp, digits_train, device: str) -> None:  # type: ignore[no-untyped-def]
+    """reconstruct{device=D} trains on D what the default trains on the CPU: the same start, batches and noise draws,
+    so the same weights (bit-equal on the CPU, within float32 reduction order on a GPU), written back to the CPU."""
+    options = "epochs=1,samples=300,seed=3,variation=true,init=scratch"
+    on_cpu = reconstructed_graph(trained_mlp, "rram_a", digits_train, options)
+    there = reconstructed_graph(trained_mlp, "rram_a", digits_train, f"{options},device={device}")
+    for a, b in zip(on_cpu.nodes_of(Linear), there.nodes_of(Linear)):
+        assert b.op.weight.device.type == "cpu"
+        if device == "cpu":
+            assert torch.equal(a.op.weight, b.op.weight)
+        else:
+            assert torch.allclose(a.op.weight, b.op.weight, atol=2e-3), (a.name, (a.op.weight - b.op.weight).abs().max())

@@ -50,33 +50,38 @@ class DeviceAwareNetwork(nn.Module):
     """
 
     def __init__(self, graph: Graph, target: Target, plan: MappingPlan, input_ranges: dict[str, InputRange],
-                 in_loop: InLoop = InLoop(), *, seed: int = 0, adc_momentum: float = 0.1) -> None:
+                 in_loop: InLoop = InLoop(), *, seed: int = 0, adc_momentum: float = 0.1, device: torch.device | str = "cpu") -> None:
         super().__init__()
         if not in_loop.wires and target.wires.model != "ideal":
             target = dataclasses.replace(target, wires=IdealWires())
         self.graph, self.target, self.plan, self.in_loop = graph, target, plan, in_loop
-        self.input_ranges, self.adc_momentum = input_ranges, adc_momentum
+        self.input_ranges, self.adc_momentum, self.device = input_ranges, adc_momentum, torch.device(device)
         self.weights = nn.ParameterDict()
         self.biases = nn.ParameterDict()
         for node in graph.nodes_of(Linear, Conv2d):
             op = node.op
             assert isinstance(op, (Linear, Conv2d))
-            self.weights[node.name] = nn.Parameter(op.weight.detach().clone().float())
+            self.weights[node.name] = nn.Parameter(op.weight.detach().to(self.device, torch.float32, copy=True))
             if op.bias is not None:
-                self.biases[node.name] = nn.Parameter(op.bias.detach().clone().float())
+                self.biases[node.name] = nn.Parameter(op.bias.detach().to(self.device, torch.float32, copy=True))
         self.adc_ranges: dict[str, Tensor] = {}
-        self.generator = torch.Generator().manual_seed(seed)
-        self.interpreter = Interpreter(graph, self)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.interpreter = Interpreter(graph, self, device=self.device)
 
     def reinitialize(self, seed: int) -> None:
         """Fresh weights (PyTorch's default initialisation), for training from scratch."""
+        # Drawn on the CPU and copied, so that fresh weights are the same on every device.
         with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's random state
             torch.manual_seed(seed)
             for name, weight in self.weights.items():
-                nn.init.kaiming_uniform_(weight, a=5**0.5)
+                fresh = torch.empty(weight.shape)
+                nn.init.kaiming_uniform_(fresh, a=5**0.5)
+                with torch.no_grad():
+                    weight.copy_(fresh)
                 if name in self.biases:
                     bound = 1 / weight[0].numel() ** 0.5
-                    nn.init.uniform_(self.biases[name], -bound, bound)
+                    with torch.no_grad():
+                        self.biases[name].copy_(torch.empty(self.biases[name].shape).uniform_(-bound, bound))
 
     def weighted(self, node: Node, x: Tensor) -> Tensor:
         """The training kernel: ``node`` mapped from its current weights, computed like the chip."""
@@ -111,5 +116,5 @@ class DeviceAwareNetwork(nn.Module):
     def write_back(self) -> None:
         """Store the trained weights in the graph's ops."""
         for node in self.graph.nodes_of(Linear, Conv2d):
-            bias = self.biases[node.name].detach().clone() if node.name in self.biases else None
-            node.op = node.op.replace(weight=self.weights[node.name].detach().clone(), bias=bias)
+            bias = self.biases[node.name].detach().to("cpu", copy=True) if node.name in self.biases else None
+            node.op = node.op.replace(weight=self.weights[node.name].detach().to("cpu", copy=True), bias=bias)
