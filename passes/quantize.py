@@ -42,6 +42,11 @@ class Quantize(Pass):
             value = getattr(self, name)
             if value is not None and value not in registry.names():
                 raise PassError(f"option {name}={value}: expected one of {', '.join(registry.names())}")
+        if self.input_encoding is not None:
+            problem = INPUT_ENCODINGS.get(self.input_encoding).problem(ctx.target)
+            if problem is not None:
+                field, message = problem
+                raise PassError(f"option input_encoding={self.input_encoding} on target {ctx.target.name}: crossbar.{field}: {message}")
 
     def plan(self, base: MappingPlan) -> MappingPlan:
         """``base`` (the target's defaults) with this pass's options applied."""
@@ -56,12 +61,22 @@ class Quantize(Pass):
     def run(self, graph: Graph, ctx: CompileContext) -> Graph:
         plan = self.plan(MappingPlan.for_target(ctx.target))
         encoding = WEIGHT_ENCODINGS.get(plan.weight_encoding)(ctx.target)
+        caveat = INPUT_ENCODINGS.get(plan.input_encoding)(ctx.target).caveat(plan.dac_bits, plan.adc_bits)
+        if caveat is not None:
+            ctx.warn(f"input encoding {plan.input_encoding} on {ctx.target.name}: {caveat}")
         for node in graph.nodes_of(Linear, Conv2d):
             op = node.op
             assert isinstance(op, (Linear, Conv2d))
-            mapped = encoding.map(op.weight.reshape(op.weight.shape[0], -1), per_column=plan.granularity == "column", levels=plan.levels)
+            flat, per_column = op.weight.reshape(op.weight.shape[0], -1), plan.granularity == "column"
+            if plan.weight_slices is not None:
+                assert plan.slice_bits is not None
+                mapped = encoding.map_sliced(flat, per_column=per_column, slices=plan.weight_slices, bits=plan.slice_bits,
+                                             levels=plan.levels)
+            else:
+                mapped = encoding.map(flat, per_column=per_column, levels=plan.levels)
             node.op = crossbar_op(op, weight=op.weight, bias=op.bias, g_pos=mapped.g_pos, g_neg=mapped.g_neg,
                                   conductance_per_weight=mapped.conductance_per_weight, weight_encoding=plan.weight_encoding,
                                   input_encoding=plan.input_encoding, dac_bits=plan.dac_bits, adc_bits=plan.adc_bits,
-                                  input_range=op.input_range, trained_for=op.trained_for)
+                                  input_range=op.input_range, trained_for=op.trained_for, weight_slices=plan.weight_slices,
+                                  slice_bits=plan.slice_bits)
         return graph

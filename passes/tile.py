@@ -48,7 +48,7 @@ class Tile(Pass):
             if cols > fits or cols < 1:
                 raise TilingError(f"tiles of {cols} outputs do not fit the target's {spec.cols}-column arrays, which hold "
                                   f"{fits} outputs with the {op.weight_encoding} encoding")
-            n_rows, n_cols = op.matrix_shape
+            n_rows, n_cols = op.matrix_shape[0], op.columns  # a bit-sliced weight's slices are columns of their own
             node.op = op = replace(op, row_splits=split_points(n_rows, rows, self.balance),
                                    col_splits=split_points(n_cols, cols, self.balance), adc_range=None)
             count = len(op.tiles())

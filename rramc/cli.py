@@ -279,6 +279,20 @@ def inspect(
     capacity = len(usage) * spec.rows * spec.cols
     console.print(f"{len(usage)} arrays of {spec.rows}×{spec.cols}, {cells:,} of {capacity:,} cells used "
                   f"({100 * cells / max(capacity, 1):.1f} %), {len(usage)} ADC tile readouts")
+    from rramc.hardware.cost import estimate, format_quantity
+
+    cost = estimate(exe.graph, exe.target)
+    table = Table("layer", "arrays", "area", "vectors", "reads per vector", "latency",
+                  title="Cost without data (inputs at full scale; energy needs data: rramc run)")
+    for name, row in cost["layers"].items():
+        table.add_row(name, str(row["arrays"]), f"{row['area_mm2']:.3g} mm²", str(row["vectors"]), str(row["reads_per_vector"]),
+                      format_quantity(row["latency_s"], "s"))
+    console.print(table)
+    total = cost["per_inference"]
+    console.print(f"area {total['area_mm2']:.3g} mm² ({total['arrays']} arrays with their converters and periphery), "
+                  f"latency {format_quantity(total['latency_s'], 's')} per inference (layers one after another)", highlight=False)
+    for note in cost["notes"]:
+        console.print(f"  cost: {note}", style="dim", highlight=False)
 
 
 @app.command()
@@ -315,7 +329,7 @@ def targets(
         for section, entries in target_fields().items():
             console.print(f"[bold]{section}[/]")
             for field, text in entries:
-                console.print(f"  {field}: {text}", highlight=False)
+                console.print(f"  {field}: {escape(text)}", highlight=False)  # units like [s] are not markup
         return
     from rramc.hardware.currents import describe_limits
 
@@ -450,9 +464,20 @@ class _SweepProgress:
         if row is None:
             errors.print(f"[bold red]failed:[/] {escape(error or '')}", highlight=False, soft_wrap=True)
             return
-        accuracies = ", ".join(f"{k} {100 * v:.2f} %" for k, v in row.items() if isinstance(v, float) and 0 <= v <= 1 and "." not in k)
+        from rramc.sweep import COST_COLUMNS
+
+        def shown(key: str, value: Any) -> str:
+            if key.endswith("_energy_J"):
+                return f"{value * 1e9:.3g} nJ"
+            if key.endswith("_latency_s"):
+                return f"{value * 1e6:.3g} µs"
+            return f"{100 * value:.2f} %"
+
+        measured = {k: v for k, v in row.items() if isinstance(v, float) and "." not in k}
+        accuracies = ", ".join(f"{k} {shown(k, v)}" for k, v in measured.items() if not k.endswith(COST_COLUMNS))
+        costs = ", ".join(f"{k.rsplit('_', 2)[0]} {shown(k, v)}" for k, v in measured.items() if k.endswith(COST_COLUMNS))
         point = ", ".join(f"{k}={v}" for k, v in row.items() if "." in k) or "float trained the same extra epochs"
-        console.print(f"{point}: {accuracies}", highlight=False)
+        console.print(f"{point}: {accuracies}" + (f"; per inference: {costs}" if costs else ""), highlight=False)
 
 
 @app.command()

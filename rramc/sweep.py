@@ -28,12 +28,16 @@ if TYPE_CHECKING:
 WIRE_RESISTANCE = "crossbar.wire_resistance"
 """An axis that sets both wires.word_line_resistance and wires.bit_line_resistance [Ω per segment]."""
 AXIS_SHORTCUTS = {"k": "device.nonlinearity_k", "b": "device.b", "read_voltage": "crossbar.read_voltage", "adc_bits": "crossbar.adc_bits",
-                  "wire_resistance": WIRE_RESISTANCE}
+                  "wire_resistance": WIRE_RESISTANCE, "input_encoding": "crossbar.input_encoding",
+                  "weight_encoding": "crossbar.weight_encoding"}
 METHODS = ("naive", "naive_least_squares", "reconstructed")
 LABELS = {"float": "float", "float_retrained": "float, trained the same extra epochs", "naive": "naive",
           "naive_least_squares": "naive least squares", "reconstructed": "reconstructed"}
 """Legend labels. ``float_retrained`` is the fair baseline of ``reconstructed``: the float network trained
 the same extra epochs (reconstructed for the ideal target), so that extra training is not credited to the method."""
+COST_COLUMNS = ("energy_J", "latency_s")
+"""Per inference, for each method: ``<method>_energy_J`` and ``<method>_latency_s`` (the cost model's totals);
+sweep.json's rows also hold ``<method>_layers``, the same per crossbar layer."""
 
 
 @dataclass
@@ -50,13 +54,16 @@ class SweepResult:
 
     def to_csv(self) -> str:
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(self.rows[0]) if self.rows else list(self.axes))
-        writer.writeheader()
+        columns = list(dict.fromkeys(key for row in self.rows for key, value in row.items() if not isinstance(value, dict)))
+        writer = csv.DictWriter(out, fieldnames=columns or list(self.axes), extrasaction="ignore")  # every row's columns: a
+        writer.writeheader()                                                                         # resumed log may hold older rows
         writer.writerows(self.rows)
         return out.getvalue()
 
     def to_json(self) -> str:
-        return json.dumps({"axes": self.axes, "meta": self.meta, "rows": self.rows}, indent=2)
+        designs = self.designs()
+        return json.dumps({"axes": self.axes, "meta": self.meta, "rows": self.rows, **({"designs": designs} if designs else {})},
+                          indent=2)
 
     def plot(self, axis: str) -> bytes:
         """A PNG of accuracy against ``axis``, one line per method (and per value of the other axes)."""
@@ -96,19 +103,78 @@ class SweepResult:
         plt.close(fig)
         return buffer.getvalue()
 
+    def designs(self) -> list[dict[str, Any]]:
+        """Every (grid point, method) with its accuracy, energy and latency per inference, and whether it
+        is on the Pareto front of accuracy against energy (``pareto_energy``) and against latency
+        (``pareto_latency``): no other design is at least as accurate and as cheap, and better in one."""
+        designs = []
+        for row in self.rows:
+            point = ", ".join(f"{a.split('.')[-1]}={row[a]}" for a in self.axes)
+            for method in METHODS:
+                if method in row and f"{method}_energy_J" in row:
+                    designs.append({"point": point, "method": method, "accuracy": row[method],
+                                    "energy_J": row[f"{method}_energy_J"], "latency_s": row[f"{method}_latency_s"]})
+        for key in COST_COLUMNS:
+            for d in designs:
+                d[f"pareto_{key.split('_')[0]}"] = not any(
+                    o["accuracy"] >= d["accuracy"] and o[key] <= d[key] and (o["accuracy"] > d["accuracy"] or o[key] < d[key])
+                    for o in designs)
+        return designs
+
+    def plot_pareto(self) -> bytes:
+        """A PNG of accuracy against energy and against latency per inference: every design a point
+        (colour: method), each panel's Pareto front ringed, labelled and joined."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import EngFormatter, NullFormatter
+
+        designs = self.designs()
+        colors = {"naive": "tab:red", "naive_least_squares": "tab:orange", "reconstructed": "tab:blue"}
+        fig, panels = plt.subplots(1, 2, figsize=(11, 4.4), dpi=110, sharey=True)
+        for ax, key, label, unit in ((panels[0], "energy_J", "energy per inference", "J"),
+                                     (panels[1], "latency_s", "latency per inference", "s")):
+            for method, color in colors.items():
+                chosen = [d for d in designs if d["method"] == method]
+                if chosen:
+                    ax.scatter([d[key] for d in chosen], [100 * d["accuracy"] for d in chosen], color=color, s=22, label=LABELS[method])
+            front = sorted((d for d in designs if d[f"pareto_{key.split('_')[0]}"]), key=lambda d: d[key])
+            ax.step([d[key] for d in front], [100 * d["accuracy"] for d in front], where="post", color="black", lw=0.8, alpha=0.6)
+            for d in front:
+                ax.scatter([d[key]], [100 * d["accuracy"]], facecolors="none", edgecolors="black", s=90, linewidths=1.2)
+                ax.annotate(d["point"], (d[key], 100 * d["accuracy"]), fontsize=6, xytext=(4, 3), textcoords="offset points")
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(EngFormatter(unit=unit))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.tick_params(axis="x", which="both", labelsize=7)
+            ax.set_xlabel(label)
+            ax.grid(True, alpha=0.3)
+        panels[0].set_ylabel("test accuracy [%]")
+        panels[0].legend(fontsize=7, title="ringed and joined: Pareto front", title_fontsize=7)
+        fig.suptitle(self.meta.get("title", "rramc sweep"), fontsize=10)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        plt.close(fig)
+        return buffer.getvalue()
+
     def write(self, directory: Path) -> list[Path]:
-        """Write sweep.csv, sweep.json and sweep_<axis>.png (each atomically)."""
+        """Write sweep.csv, sweep.json, sweep_<axis>.png and, with costs, sweep_pareto.png (each atomically)."""
         directory.mkdir(parents=True, exist_ok=True)
         files = {"sweep.csv": self.to_csv().encode(), "sweep.json": self.to_json().encode()}
         for axis in self.axes:
             files[f"sweep_{axis.split('.')[-1]}.png"] = self.plot(axis)
+        if self.designs():
+            files["sweep_pareto.png"] = self.plot_pareto()
         for name, data in files.items():
             write_atomically(directory / name, data)
         return [directory / name for name in files]
 
 
 def parse_axis(text: str) -> tuple[str, list[Any]]:
-    """``section.field=v1,v2,...`` (or a shortcut: k, b, read_voltage, adc_bits) → (field, values)."""
+    """``section.field=v1,v2,...`` (or a shortcut: k, b, read_voltage, adc_bits, wire_resistance, input_encoding,
+    weight_encoding) → (field, values): numbers, null, or names (an encoding's, a model's)."""
     name, sep, values = text.partition("=")
     name = AXIS_SHORTCUTS.get(name.strip(), name.strip())
     if not sep or "." not in name or not values.strip():
@@ -116,10 +182,14 @@ def parse_axis(text: str) -> tuple[str, list[Any]]:
     parsed: list[Any] = []
     for item in values.split(","):
         item = item.strip()
+        if not item:
+            raise RramcError(f"sweep axis {name}: an empty value in {values.strip()!r}")
         try:
             parsed.append(None if item.lower() in ("null", "none") else int(item) if item.lstrip("-").isdigit() else float(item))
         except ValueError:
-            raise RramcError(f"sweep axis {name}: {item!r} is not a number") from None
+            parsed.append(item)  # a name; the target checks it is one the field allows
+    if len({type(v) for v in parsed if v is not None} - {int, float}) and any(isinstance(v, (int, float)) for v in parsed):
+        raise RramcError(f"sweep axis {name}: values {values.strip()!r} mix numbers and names")
     return name, parsed
 
 
@@ -200,6 +270,13 @@ def sweep_point(shared: SweepData, item: tuple[dict[str, Any], dict[str, Any], t
             report = exe.run(shared.test, device=options["device"])
             row.setdefault("float", report.float_accuracy)
             row[method] = report.chip_accuracy
+            cost = report.costs.get("energy", {})
+            for key in COST_COLUMNS:
+                if key in cost.get("per_inference", {}):
+                    row[f"{method}_{key}"] = cost["per_inference"][key]
+            if "layers" in cost:  # in sweep.json (the CSV keeps to one value per cell)
+                row[f"{method}_layers"] = {layer: {key: values[key] for key in COST_COLUMNS}
+                                           for layer, values in cost["layers"].items()}
     finally:
         torch.set_num_threads(threads)
     return row

@@ -110,7 +110,8 @@ CLI_CASES: list[tuple[str, str, list[str]]] = [
     ("sweep-k-on-a-linear-device", "sweep {pt2} -t ideal --k 2.5 -o {dir}/sw", ["device model 'linear' has no field nonlinearity_k"]),
     ("sweep-k-on-sinh-state", "sweep {pt2} -t rram_b --k 7.5 -o {dir}/sw", ["device model 'sinh_state' has no field nonlinearity_k"]),
     ("sweep-no-axis", "sweep {pt2} -t rram_a -o {dir}/sw", ["at least one axis"]),
-    ("sweep-bad-axis-value", "sweep {pt2} -t rram_a --axis crossbar.rows=a -o {dir}/sw", ["'a' is not a number"]),
+    ("sweep-bad-axis-value", "sweep {pt2} -t rram_a --axis crossbar.rows=a -o {dir}/sw", ["crossbar.rows", "got 'a'", "an integer"]),
+    ("sweep-axis-mixes-numbers-and-names", "sweep {pt2} -t rram_a --axis crossbar.rows=64,a -o {dir}/sw", ["mix numbers and names"]),
     ("plot-into-a-missing-folder", "plot-device rram_a -o {dir}/nowhere/iv.png", ["nowhere"]),
     ("fit-missing-sweeps", "fit-device {dir}/nope.csv -o {dir}/fit.yaml", ["nope.csv"]),
     ("fit-over-the-executable", "fit-device {dir}/nope.csv -o {exe}", ["exists and is an rramc executable", "--force"]),
@@ -256,6 +257,14 @@ PYTHON_CASES: list[tuple[str, Callable[[], Any], str, list[str]]] = [
     ("dataset-wrong-shape", lambda: rramc.load_dataset("digits").reshaped_for((65,)), "error", ["65"]),
     ("dataset-unknown", lambda: rramc.load_dataset("imagenet"), "error", ["imagenet", "digits"]),
     ("pass-file-missing", lambda: rramc.pipeline.load_pass_file("no_such_pass.py"), "error", ["no such file"]),
+    ("cost-negative", lambda: rramc.load_target("rram_a").with_changes(cost={"adc_energy_per_step": -1e-15}), "error",
+     ["field 'cost.adc_energy_per_step'", ">= 0", "[J]"]),
+    ("cost-unknown-field", lambda: rramc.load_target("rram_a").with_changes(cost={"adc_power": 2e-3}), "error",
+     ["field 'cost'", "adc_power", "adc_energy_per_step"]),
+    ("cost-in-picojoules", lambda: rramc.load_target("rram_a").with_changes(cost={"dac_energy_per_bit": 0.39}), "error",
+     ["field 'cost.dac_energy_per_bit'", "<= 1e-06"]),
+    ("cost-not-a-number", lambda: rramc.load_target("rram_a").with_changes(cost={"cell_area": "4F2"}), "error",
+     ["field 'cost.cell_area'", "'4F2'", "[mm²]"]),
 ]
 
 

@@ -276,7 +276,7 @@ class BruteForceWires(ColumnSolver):
 class BitSerial(InputEncoding):
     """One read per bit of the input's DAC code, each at 0 V or the read voltage, weighted 2**b/(2**bits - 1)."""
 
-    name = "bit_serial"
+    name = "plugin_bit_serial"
     default_bits: ClassVar[int] = 8
 
     def reads(self, x: torch.Tensor, scale: float, dac_bits: int | None) -> list[Read]:
@@ -315,7 +315,7 @@ class CentredPair(WeightEncoding):
 def plugins() -> Iterator[None]:
     registered = []
     try:
-        for registry, name, cls in ((COLUMN_SOLVERS, "brute_force", BruteForceWires), (INPUT_ENCODINGS, "bit_serial", BitSerial),
+        for registry, name, cls in ((COLUMN_SOLVERS, "brute_force", BruteForceWires), (INPUT_ENCODINGS, "plugin_bit_serial", BitSerial),
                                     (WEIGHT_ENCODINGS, "centred_pair", CentredPair)):
             registry.register(name, cls)
             registered.append((registry, name))
@@ -394,8 +394,8 @@ def test_bit_serial_on_linear_cells_is_amplitude_up_to_dac_rounding(plugins: Non
     linear = rramc.load_target("rram_a").with_changes(device={"model": "linear"}, conductance={"levels": None},
                                                       crossbar={"dac_bits": bits, "adc_bits": None})
     amplitude = rramc.compile(model, linear, calibration)
-    serial = rramc.compile(model, linear.with_changes(crossbar={"input_encoding": "bit_serial"}), calibration)
-    assert {n.op.input_encoding for n in serial.graph.nodes_of(CrossbarOp)} == {"bit_serial"}
+    serial = rramc.compile(model, linear.with_changes(crossbar={"input_encoding": "plugin_bit_serial"}), calibration)
+    assert {n.op.input_encoding for n in serial.graph.nodes_of(CrossbarOp)} == {"plugin_bit_serial"}
     expected = dac_rounded_mlp(model, amplitude, x, bits)
     torch.testing.assert_close(amplitude(x), expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(serial(x), expected, rtol=1e-4, atol=1e-5)
@@ -416,13 +416,13 @@ def test_bit_serial_on_sinh_cells_is_linear_in_the_input_unlike_amplitude(plugin
     grid = torch.Generator().manual_seed(3)
     a = torch.randint(0, steps // 2 + 1, (16, 32), generator=grid) / steps  # inputs on the DAC grid, a + b ≤ 1
     b = torch.randint(0, steps // 2 + 1, (16, 32), generator=grid) / steps
-    for encoding in ("bit_serial", "amplitude"):
+    for encoding in ("plugin_bit_serial", "amplitude"):
         exe = rramc.compile(model, sinh.with_changes(crossbar={"input_encoding": encoding}), torch.ones(4, 32), input_range=(0, 1))
         bias = model.bias.detach()
         additive = (exe(a + b) - bias) - ((exe(a) - bias) + (exe(b) - bias))
         exact = exe(a) - model(a).detach()
         scale = float(model(a).detach().abs().max())
-        if encoding == "bit_serial":
+        if encoding == "plugin_bit_serial":
             assert float(additive.abs().max()) < 1e-5 * scale and float(exact.abs().max()) < 1e-5 * scale
         else:  # the amplitude encoding applies sinh(B·x·Vread): neither additive nor the linear layer
             assert float(additive.abs().max()) > 0.05 * scale and float(exact.abs().max()) > 0.05 * scale
@@ -457,7 +457,7 @@ def test_a_network_through_all_three_plugins(plugins: None) -> None:
     model = models.mlp(64, 24, 10).eval()
     calibration, x = torch.randn(48, *IMAGE), torch.randn(16, *IMAGE)
     target = rramc.load_target("ideal").with_changes(
-        wires={"model": "brute_force"}, crossbar={"input_encoding": "bit_serial", "weight_encoding": "centred_pair", "dac_bits": bits})
+        wires={"model": "brute_force"}, crossbar={"input_encoding": "plugin_bit_serial", "weight_encoding": "centred_pair", "dac_bits": bits})
     exe = rramc.compile(model, target, calibration, pipeline="canonicalize,quantize,tile{rows=48},calibrate,emit")
     assert [len(n.op.tiles()) for n in exe.graph.nodes_of(CrossbarOp)] == [2, 1]
     torch.testing.assert_close(exe(x), dac_rounded_mlp(model, exe, x, bits), rtol=1e-4, atol=1e-5)
@@ -489,7 +489,7 @@ def test_registering_a_broken_or_clashing_plugin_is_refused() -> None:
         (COLUMN_SOLVERS, "misnamed", Misnamed, f"'misnamed' from {__name__}.Misnamed (registered at run time) declares "
                                                "model = 'called_otherwise'; it must be registered under that name"),
         (INPUT_ENCODINGS, "serial", BitSerial, f"input encoding 'serial' from {__name__}.BitSerial (registered at run time) "
-                                               "declares name = 'bit_serial'"),
+                                               "declares name = 'plugin_bit_serial'"),
         (WEIGHT_ENCODINGS, "centred_pair", BitSerial, "is not a subclass of rramc's WeightEncoding"),
         (COLUMN_SOLVERS, "ideal", BruteForceWires, "column solver (wires model) 'ideal' is already defined: "
                                                    "rramc.hardware.column_solver:IdealWires (built in)"),

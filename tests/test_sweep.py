@@ -45,8 +45,9 @@ def test_sweep_writes_table_json_and_plots(model_file: Path, tmp_path: Path) -> 
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert [(r["device.nonlinearity_k"], r["crossbar.adc_bits"]) for r in rows] == [("2.5", "6"), ("2.5", "8"), ("20", "6"), ("20", "8")]
-    assert set(rows[0]) == {"device.nonlinearity_k", "crossbar.adc_bits", "float", "float_retrained", "naive", "naive_least_squares",
-                            "reconstructed"}
+    methods = ("naive", "naive_least_squares", "reconstructed")
+    assert set(rows[0]) == {"device.nonlinearity_k", "crossbar.adc_bits", "float", "float_retrained", *methods,
+                            *(f"{m}_{cost}" for m in methods for cost in ("energy_J", "latency_s"))}
     # the fair baseline: the float network trained the same extra epoch, one value for the whole grid
     assert len({r["float_retrained"] for r in rows}) == 1 and 0.5 < float(rows[0]["float_retrained"]) <= 1
     data = json.loads((out / "sweep.json").read_text())
@@ -66,7 +67,7 @@ def test_impossible_sweep_grids_fail_before_any_work(model_file: Path, tmp_path:
         (("--adc-bits", "1"), "field 'crossbar.adc_bits': got 1"),
         (("--axis", "chip.rows=4"), "unknown section 'chip'"),
         (("--axis", "crossbar.rows"), "expected section.field=v1,v2"),
-        (("--axis", "crossbar.rows=a"), "'a' is not a number"),
+        (("--axis", "crossbar.rows=a"), "field 'crossbar.rows': got 'a'; expected an integer"),
         ((), "give at least one axis"),
     ]:
         result = invoke("sweep", str(model_file), "-t", "rram_a", "-o", str(out), *args)
@@ -81,6 +82,41 @@ def test_impossible_sweep_grids_fail_before_any_work(model_file: Path, tmp_path:
 def test_parse_axis_shortcuts() -> None:
     assert parse_axis("k=2.5,7.5") == ("device.nonlinearity_k", [2.5, 7.5])
     assert parse_axis("crossbar.dac_bits=4,null") == ("crossbar.dac_bits", [4, None])
+    assert parse_axis("input_encoding=amplitude, bit_serial") == ("crossbar.input_encoding", ["amplitude", "bit_serial"])
+    with pytest.raises(rramc.RramcError, match="mix numbers and names"):
+        parse_axis("k=2.5,seven")
+    with pytest.raises(rramc.RramcError, match="an empty value"):
+        parse_axis("k=2.5,,7.5")
+
+
+def test_an_encoding_sweep_prices_every_design_and_draws_its_pareto_front(model_file: Path, tmp_path: Path) -> None:
+    """Input encodings as an axis: each row carries every method's energy and latency per inference; the designs
+    on the Pareto front are those nothing beats in accuracy and cost at once; sweep_pareto.png is drawn."""
+    out = tmp_path / "encodings"
+    result = invoke("sweep", str(model_file), "-t", "rram_a", "-o", str(out), "--axis", "input_encoding=amplitude,bit_serial",
+                    "--no-reconstruct", "--test-samples", "120")
+    assert result.exit_code == 0, result.output
+    assert "per inference: naive" in result.output and " nJ" in result.output and " µs" in result.output
+    data = json.loads((out / "sweep.json").read_text())
+    amplitude, bit_serial = data["rows"]
+    assert bit_serial["naive"] > amplitude["naive"]  # the nonlinearity met at one voltage only
+    assert bit_serial["naive_latency_s"] == pytest.approx(8 * amplitude["naive_latency_s"])  # 8 reads of one bit each
+    for row in data["rows"]:  # the per-layer breakdown adds up to the totals
+        for key in ("energy_J", "latency_s"):
+            assert sum(layer[key] for layer in row["naive_layers"].values()) == pytest.approx(row[f"naive_{key}"])
+    assert "naive_layers" not in (out / "sweep.csv").read_text()
+    designs = data["designs"]
+    assert len(designs) == 4
+    for d in designs:
+        for key, flag in (("energy_J", "pareto_energy"), ("latency_s", "pareto_latency")):
+            dominated = any(o["accuracy"] >= d["accuracy"] and o[key] <= d[key] and (o["accuracy"] > d["accuracy"] or o[key] < d[key])
+                            for o in designs)
+            assert d[flag] is not dominated
+    assert any(d["pareto_latency"] and "amplitude" in d["point"] for d in designs)  # the fastest is on its front
+    assert (out / "sweep_pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = invoke("sweep", str(model_file), "-t", "rram_a", "-o", str(tmp_path / "never"), "--axis", "input_encoding=amplitude,thermo")
+    assert bad.exit_code == 1 and "'thermo'" in bad.output and "bit_serial" in bad.output, bad.output
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.slow

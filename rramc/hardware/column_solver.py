@@ -89,6 +89,10 @@ class ColumnSolver(ABC):
     model: ClassVar[str]
     accepts_terms: ClassVar[bool] = False
     """Whether :meth:`prepare` takes cells given by their expansion terms (see :class:`Conductances`)."""
+    accepts_durations: ClassVar[bool] = False
+    """Whether :meth:`read` takes reads whose word lines are driven for part of the window
+    (:attr:`~rramc.hardware.input_encoding.Read.durations`): with wires, the currents change as
+    pulses end, so such an encoding reads in time slots instead."""
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], where: Location) -> ColumnSolver:
@@ -125,7 +129,7 @@ class _Matrices:
     conv: list[Tensor] | None  # per row block: [outputs, its channels·terms, kh, kw], taps of other blocks zero
     conv_channels: list[tuple[int, int]] | None  # per row block: its input channels (first, last + 1)
     per_term: Tensor | None = None  # [terms, outputs, inputs] of a one-block linear layer given by its terms (training)
-    tables: dict[tuple[torch.dtype, torch.device, int], Tensor] = dataclasses.field(default_factory=dict)
+    tables: dict[tuple[torch.dtype, torch.device, int, bool], Tensor] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -148,6 +152,7 @@ class IdealWires(ColumnSolver):
 
     model: ClassVar[str] = "ideal"
     accepts_terms: ClassVar[bool] = True
+    accepts_durations: ClassVar[bool] = True  # cells are independent: the charge is Σ_i d_i·f(V_i, G)
 
     def prepare(self, cells: Conductances) -> _IdealState:
         expansion = cells.expansion()
@@ -163,10 +168,10 @@ class IdealWires(ColumnSolver):
             if cells.terms is not None:
                 raise ValueError(f"voltages up to {float(read.voltages.max()):.3g} V: cells given by their expansion terms "
                                  f"hold up to {state.current.expansion.v_max:g} V only")
-            return _per_cell(cells, read.voltages, generator)
+            return _per_cell(cells, read.voltages, generator, read.durations)
         current = _matmul(state.current, cells, read)
         if state.variance is not None:
-            variance = _matmul(state.variance, cells, read)
+            variance = _matmul(state.variance, cells, read, squared=True)
             noise = torch.randn(current.shape, generator=generator, dtype=current.dtype, device=current.device)
             current = current + cells.read_noise_sigma * variance.clamp_min(0).sqrt() * noise
         return current
@@ -220,24 +225,29 @@ def _matrices(cells: Conductances, expansion: Expansion, *, subtract: bool) -> _
     return _Matrices(expansion, None, 0, None, False, weights, spans)
 
 
-def _drive(matrices: _Matrices, read: Read) -> Tensor:
-    """``φ(V)`` of every word-line voltage: ``[..., terms]``. For a factorised device, whose terms are
-    interpolated, looked up per DAC level when the voltages come from a DAC; a separable device's
-    ``g(V)`` costs less to compute than a gather does."""
+def _drive(matrices: _Matrices, read: Read, squared: bool = False) -> Tensor:
+    """``φ(V)`` of every word-line voltage: ``[..., terms]``, times the fraction of the window it is driven
+    (squared for a variance). For a factorised device, whose terms are interpolated, looked up per DAC
+    level when the voltages come from a DAC; a separable device's ``g(V)`` costs less to compute than a
+    gather does."""
     expansion = matrices.expansion
     if read.levels is not None and not expansion.exact:
-        key = (read.levels.dtype, read.levels.device, read.levels.numel())
+        key = (read.levels.dtype, read.levels.device, read.levels.numel(), read.uniform)  # one layer: one DAC
         table = matrices.tables.get(key)
         if table is None:
             table = matrices.tables[key] = expansion.voltage(read.levels)
-        return F.embedding(read.codes(), table)
-    return expansion.voltage(read.voltages)
+        phi = F.embedding(read.codes(), table)
+    else:
+        phi = expansion.voltage(read.voltages)
+    if read.durations is None:
+        return phi
+    return phi * (read.durations.square() if squared else read.durations)[..., None]
 
 
-def _matmul(matrices: _Matrices, cells: Conductances, read: Read) -> Tensor:
+def _matmul(matrices: _Matrices, cells: Conductances, read: Read, squared: bool = False) -> Tensor:
     if matrices.expansion.exact and cells.lowering.conv is None and matrices.linear is not None and len(matrices.linear) == 1:
-        return torch.matmul(_drive(matrices, read)[..., 0], matrices.linear[0]).unsqueeze(0)  # the common case, no reshaping
-    phi = _drive(matrices, read)
+        return torch.matmul(_drive(matrices, read, squared)[..., 0], matrices.linear[0]).unsqueeze(0)  # the common case
+    phi = _drive(matrices, read, squared)
     terms = phi.shape[-1]
     if matrices.per_term is not None:
         out = F.linear(phi[..., 0], matrices.per_term[0])
@@ -269,10 +279,12 @@ def _matmul(matrices: _Matrices, cells: Conductances, read: Read) -> Tensor:
     return results[0][:, None] if len(results) == 1 else torch.stack(results, dim=1)
 
 
-def _per_cell(cells: Conductances, voltages: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Exact currents, cell by cell, for voltages the expansion does not cover."""
+def _per_cell(cells: Conductances, voltages: Tensor, generator: torch.Generator | None, durations: Tensor | None = None) -> Tensor:
+    """Exact currents, cell by cell, for voltages the expansion does not cover (each word line's
+    current times the fraction of the window it is driven, when ``durations`` say)."""
     lowering = cells.lowering
     vectors = lowering.vectors(voltages)
+    fractions = None if durations is None else lowering.vectors(durations)
     outputs = cells.g_pos.shape[1]
     spatial = lowering.output_size(voltages)
     blocks = []
@@ -283,6 +295,9 @@ def _per_cell(cells: Conductances, voltages: Tensor, generator: torch.Generator 
         for start in range(0, vectors.shape[0], chunk):
             v = vectors[start : start + chunk, a:b, None]
             i_pos, i_neg = cells.device.current(v, g_pos), cells.device.current(v, g_neg)
+            if fractions is not None:
+                d = fractions[start : start + chunk, a:b, None]
+                i_pos, i_neg = i_pos * d, i_neg * d
             current = (i_pos - i_neg).sum(1)
             if cells.read_noise_sigma > 0:
                 std = cells.read_noise_sigma * (i_pos**2 + i_neg**2).sum(1).sqrt()

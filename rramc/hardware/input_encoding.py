@@ -3,7 +3,9 @@
 An encoding turns one sign phase of a layer's inputs (their positive part, ``scale`` being the
 value applied as full scale) into a list of :class:`Read` s: each is one read of the arrays (word-line voltages, applied at once),
 digitised by the ADC and weighted digitally (shift-and-add) before the reads are summed. Built
-in: ``amplitude`` (one read; the activation sets the voltage through the DAC). A new encoding is
+in: ``amplitude`` (one read; the activation sets the voltage through the DAC), ``bit_serial`` and
+``pulse_width`` (:mod:`~rramc.hardware.temporal_encoding`: only 0 V and the read voltage) and
+``predistorted`` (:mod:`~rramc.hardware.predistortion`: levels placed for linear currents). A new encoding is
 a subclass in its own module plus a line in :data:`INPUT_ENCODINGS` (or an entry point in the
 ``rramc.input_encodings`` group).
 
@@ -36,35 +38,50 @@ class Read:
     """One read of the arrays: word-line voltages and the digital weight of its ADC output.
 
     ``voltages`` [V] are shaped like the layer's input. ``levels``, when given, are every voltage
-    that can occur (ascending, evenly spaced from 0 V: a DAC's outputs), so a column solver may
-    tabulate what it needs per level instead of computing it per input; an encoding that knows
-    each input's level may give those indices (``codes``, integral values of any dtype) instead of
-    the voltages, which are then derived when asked for.
+    that can occur (ascending: a DAC's outputs; ``uniform`` when evenly spaced from 0 V), so a
+    column solver may tabulate what it needs per level instead of computing it per input; an
+    encoding that knows each input's level may give those indices (``codes``, integral values of
+    any dtype) instead of the voltages, which are then derived when asked for.
+
+    Time: the read lasts ``seconds`` (None: the target's ``crossbar.read_time``); ``durations``,
+    when given, shaped like the input, is the fraction of that window each word line is driven
+    (pulse-width inputs: the bit line integrates the charge). Only a solver that
+    ``accepts_durations`` is given such reads. A read that ``accumulates`` adds its charge to the
+    next read's before the ADC (a pulse-width window read slot by slot): the group is converted once.
     """
 
     def __init__(self, weight: float, voltages: Tensor | None = None, levels: Tensor | None = None,
-                 codes: Tensor | None = None) -> None:
+                 codes: Tensor | None = None, *, uniform: bool = True, durations: Tensor | None = None,
+                 seconds: float | None = None, accumulates: bool = False) -> None:
         if voltages is None and (codes is None or levels is None):
             raise ValueError("a read needs its voltages, or the codes of its levels")
-        self.weight, self.levels = weight, levels
+        if not uniform and voltages is None and codes is None:
+            raise ValueError("a read on uneven levels needs its codes")
+        self.weight, self.levels, self.uniform = weight, levels, uniform
+        self.durations, self.seconds, self.accumulates = durations, seconds, accumulates
         self._voltages, self._codes = voltages, codes
 
     @property
     def voltages(self) -> Tensor:
         if self._voltages is None:
             assert self._codes is not None and self.levels is not None
-            self._voltages = self._codes * self.step
+            if self.uniform:
+                self._voltages = self._codes * self.step
+            else:
+                self._voltages = self.levels[self._codes.long()]
         return self._voltages
 
     @property
     def step(self) -> float:
-        assert self.levels is not None
+        assert self.levels is not None and self.uniform
         return float(self.levels[1] - self.levels[0]) if len(self.levels) > 1 else 1.0
 
     def codes(self) -> Tensor:
         """The index (int32) of every voltage among ``levels``."""
         if self._codes is not None:
             return self._codes.int()
+        if not self.uniform:
+            raise ValueError("the codes of a read on uneven levels are the encoding's to give")
         return (self.voltages * (1.0 / self.step)).round_().int()
 
 
@@ -75,6 +92,16 @@ class InputEncoding(ABC):
 
     def __init__(self, target: Target) -> None:
         self.target = target
+
+    @classmethod
+    def problem(cls, target: Target) -> tuple[str, str] | None:
+        """Why ``target`` cannot use this encoding — ``(crossbar field, message)`` — or None. Run when
+        a target is loaded, so it computes in Python floats (no torch)."""
+        return None
+
+    def caveat(self, dac_bits: int | None, adc_bits: int | None) -> str | None:
+        """What the user should know of this encoding's accuracy on the target (a compile warning), or None."""
+        return None
 
     @abstractmethod
     def reads(self, x: Tensor, scale: float, dac_bits: int | None) -> list[Read]:
@@ -128,7 +155,10 @@ class Amplitude(InputEncoding):
 INPUT_ENCODINGS: Registry[type[InputEncoding]] = Registry(
     what="input encoding",
     group="rramc.input_encodings",
-    builtins={"amplitude": "rramc.hardware.input_encoding:Amplitude"},
+    builtins={"amplitude": "rramc.hardware.input_encoding:Amplitude",
+              "bit_serial": "rramc.hardware.temporal_encoding:BitSerial",
+              "pulse_width": "rramc.hardware.temporal_encoding:PulseWidth",
+              "predistorted": "rramc.hardware.predistortion:Predistorted"},
     error=TargetError,
     interface=InputEncoding,
 )

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from rramc.errors import RramcError, RuntimeSimulationError
-from rramc.hardware.column_solver import COLUMN_SOLVERS, ColumnSolver, Conductances
+from rramc.hardware.column_solver import ColumnSolver, Conductances
 from rramc.hardware.converters import adc, adc_steps
 from rramc.hardware.expansion import device_expansion, tolerance_for
 from rramc.hardware.input_encoding import INPUT_ENCODINGS, InputEncoding
@@ -89,6 +89,7 @@ class CrossbarLayer:
     adc_range: Tensor | None = None  # [row blocks, outputs]
     clip_inputs: bool = False  # apply at most full scale even without a DAC (the device-aware model: see mapped_layer)
     _readout_factors: tuple[Tensor, Tensor, Tensor | None] | None = None  # see calibrated()
+    _slice_weights: Tensor | None = None  # the shift-and-add of a bit-sliced layer's columns (see combine_slices)
 
     @property
     def grid(self) -> TileGrid:
@@ -146,6 +147,8 @@ class CrossbarLayer:
         self.op = op
         self.adc_range = self._readout_factors = None
         reference = self.cells.g_pos.detach()
+        slice_weights = op.slice_weights()
+        self._slice_weights = None if slice_weights is None else slice_weights.to(reference)
         if op.adc_range is not None:
             self.adc_range = self.grid.per_column(op.adc_range.to(reference))
             if op.adc_bits is not None and op.gain is not None:
@@ -153,7 +156,10 @@ class CrossbarLayer:
                 # per tile column, and the neuron's offset (or bias).
                 steps, lowering = adc_steps(op.adc_bits), self.lowering
                 codes_per_ampere = torch.where(self.adc_range > 0, steps / self.adc_range, torch.zeros_like(self.adc_range))
-                per_code = self.adc_range / steps * op.gain.to(reference)
+                gain = op.gain.to(reference)
+                if self._slice_weights is not None:  # each slice column's code, shifted, in its output's units
+                    gain = (gain[:, None] * self._slice_weights).flatten()
+                per_code = self.adc_range / steps * gain
                 offset = op.bias if op.offset is None else op.offset
                 self._readout_factors = (lowering.per_column(codes_per_ampere), lowering.per_column(per_code),
                                          None if offset is None else lowering.per_output(offset.to(reference)))
@@ -175,6 +181,7 @@ class CrossbarLayer:
                 observer.on_clip(self, negative, over, x.numel())
         phases = []
         for sign, part in parts:
+            charge: Tensor | None = None  # reads that accumulate: their weighted currents, until the read that ends the group
             for read in self.inputs.reads(part, scale, self.op.dac_bits):
                 try:
                     currents = self.solver.read(self.state, read, generator)
@@ -182,7 +189,14 @@ class CrossbarLayer:
                     raise type(exc)(f"%{self.name} ({self.source}): {exc}") from None
                 for observer in observers:
                     observer.on_read(self, read, currents)
-                phases.append((sign * read.weight, currents))
+                if read.accumulates or charge is not None:
+                    charge = read.weight * currents if charge is None else charge + read.weight * currents
+                    if read.accumulates:
+                        continue
+                    phases.append((sign, charge))
+                    charge = None
+                else:
+                    phases.append((sign * read.weight, currents))
         return phases
 
     def digitize(self, phases: list[Phase]) -> Tensor:
@@ -197,7 +211,16 @@ class CrossbarLayer:
             part = part if weight == 1.0 else part * weight
             total = part if total is None else total + part
         assert total is not None
-        return total
+        return self.combine_slices(total)
+
+    def combine_slices(self, columns: Tensor) -> Tensor:
+        """A bit-sliced layer's digitised column values ``[batch, outputs·slices, ...]`` → ``[batch, outputs, ...]``,
+        the slices shifted and added (:meth:`CrossbarOp.slice_weights`); others as they are."""
+        weights = self._slice_weights
+        if weights is None:
+            return columns
+        grouped = columns.unflatten(1, (-1, weights.numel()))
+        return (grouped * weights.to(columns).reshape(-1, *([1] * (columns.dim() - 2)))).sum(2)
 
     def neuron(self, current: Tensor) -> Tensor:
         """Gain and offset (or the float bias) of the neuron circuit: current → the layer's output units."""
@@ -220,7 +243,8 @@ class CrossbarLayer:
         assert self._readout_factors is not None
         codes_per_ampere, per_code, offset = self._readout_factors
         dim, steps = self.lowering.block_dim, adc_steps(self.op.adc_bits)  # type: ignore[arg-type]
-        total = offset
+        sliced = self._slice_weights is not None  # columns first, then their outputs' sums (shifts are in per_code)
+        total = None if sliced else offset
         for weight, current in phases:  # the currents are this call's own: converted in place
             codes = current.mul_(codes_per_ampere).clamp_(-steps, steps).round_()
             factor = per_code if weight == 1.0 else per_code * weight
@@ -230,6 +254,9 @@ class CrossbarLayer:
             part = codes.select(dim, 0).mul_(factor.select(dim, 0)) if codes.shape[dim] == 1 else codes.mul_(factor).sum(dim)
             total = part if total is None else part.add_(total)
         assert total is not None
+        if sliced:
+            total = total.unflatten(1, (-1, self._slice_weights.numel())).sum(2)  # type: ignore[union-attr]
+            total = total if offset is None else total + offset
         return total
 
 
@@ -278,9 +305,10 @@ def mapped_layer(
     dac_bits, adc_bits = (plan.dac_bits, plan.adc_bits) if converters else (None, None)
     # The accuracy the chip needs follows its ADC even where the model leaves converters out.
     tolerance = tolerance_for(plan.adc_bits)
-    grid = tile_grid(flat.shape[1], flat.shape[0], target, plan) if tiled else TileGrid((0, flat.shape[1]), (0, flat.shape[0]))
+    columns = flat.shape[0] * (plan.weight_slices or 1)
+    grid = tile_grid(flat.shape[1], columns, target, plan) if tiled else TileGrid((0, flat.shape[1]), (0, columns))
     fast = None
-    if not levels and not variation and target.wires.accepts_terms:
+    if not levels and not variation and target.wires.accepts_terms and plan.weight_slices is None:
         c = target.conductance
         expansion = device_expansion(target.device, target.crossbar.read_voltage, c.g_min, c.g_max, dac_bits, tolerance)
         fast = weights.cell_terms(flat, expansion, per_column=per_column)
@@ -288,7 +316,12 @@ def mapped_layer(
         terms, per_weight = fast
         g_pos = g_neg = flat.new_empty(0)
     else:
-        mapped = weights.map(flat, per_column=per_column, levels=plan.levels if levels else None)
+        if plan.weight_slices is not None:  # the digits are the chip's whether or not levels are in the loop
+            assert plan.slice_bits is not None
+            mapped = weights.map_sliced(flat, per_column=per_column, slices=plan.weight_slices, bits=plan.slice_bits,
+                                        levels=plan.levels if levels else None)
+        else:
+            mapped = weights.map(flat, per_column=per_column, levels=plan.levels if levels else None)
         terms, per_weight, g_pos, g_neg = None, mapped.conductance_per_weight, mapped.g_pos, mapped.g_neg
         write = cell_writer(target, generator) if variation else None
         if write is not None:
@@ -297,7 +330,8 @@ def mapped_layer(
     op = crossbar_op(node.op, weight=weight, bias=bias, g_pos=g_pos, g_neg=g_neg, conductance_per_weight=per_weight,
                      weight_encoding=plan.weight_encoding, input_encoding=plan.input_encoding, dac_bits=dac_bits,
                      adc_bits=adc_bits, input_range=input_range, gain=input_range.scale / (per_weight * response),
-                     row_splits=grid.row_splits, col_splits=grid.col_splits, adc_range=adc_range)
+                     row_splits=grid.row_splits, col_splits=grid.col_splits, adc_range=adc_range, weight_slices=plan.weight_slices,
+                     slice_bits=plan.slice_bits)
     layer_target = target if variation else target.nominal()
     layer = CrossbarLayer.build(node.name, node.source, op, layer_target, g_pos, g_neg, inputs, tolerance=tolerance, terms=terms)
     layer.clip_inputs = True

@@ -98,13 +98,19 @@ class MappingPlan:
     tile_rows: int | None = None
     tile_cols: int | None = None
     balance: bool = False
+    weight_slices: int | None = None  # bit-slicing: cell pairs per weight and bits per pair (None: unsliced)
+    slice_bits: int | None = None
 
     @classmethod
     def for_target(cls, target: Target, **changes: object) -> MappingPlan:
         """The default plan for ``target`` (what the default pipeline compiles)."""
+        from rramc.hardware.weight_encoding import slice_bits
+
         x = target.crossbar
+        bits = slice_bits(target)
         plan = cls(weight_encoding=x.weight_encoding, input_encoding=x.input_encoding, levels=target.conductance.levels,
-                   dac_bits=x.dac_bits, adc_bits=x.adc_bits)
+                   dac_bits=x.dac_bits, adc_bits=x.adc_bits, weight_slices=x.weight_slices if bits is not None else None,
+                   slice_bits=bits)
         return dataclasses.replace(plan, **changes)  # type: ignore[arg-type]
 
 

@@ -7,7 +7,8 @@ clip counts and cost models are observers: none of them needs its own loop over 
 
 A *cost observer* is an :class:`Observer` that also summarises what it saw
 (:meth:`CostObserver.summary`). Built in: ``operations`` (reads, DAC and ADC conversions and
-multiply-accumulates per layer). A new one (energy, latency, area) is a subclass in its own
+multiply-accumulates per layer) and ``energy`` (energy, latency and area per layer, from the
+target's ``cost`` section: :mod:`rramc.hardware.cost`). A new one is a subclass in its own
 module plus a line in :data:`COST_OBSERVERS` (or an entry point in ``rramc.cost_observers``).
 """
 
@@ -95,7 +96,7 @@ class OperationCounts(CostObserver):
         self.layers: dict[str, dict[str, int]] = defaultdict(lambda: {"reads": 0, "dac_conversions": 0, "adc_conversions": 0, "macs": 0})
 
     def on_read(self, layer: CrossbarLayer, read: Read, currents: Tensor) -> None:
-        rows, outputs = layer.op.matrix_shape
+        rows, outputs = layer.op.matrix_shape[0], layer.op.columns  # a bit-sliced weight's slices are columns of their own
         blocks = len(layer.grid.row_blocks)
         vectors = currents.numel() // (blocks * outputs)
         entry = self.layers[layer.source]
@@ -115,7 +116,7 @@ class OperationCounts(CostObserver):
 COST_OBSERVERS: Registry[type[CostObserver]] = Registry(
     what="cost observer",
     group="rramc.cost_observers",
-    builtins={"operations": "rramc.hardware.observers:OperationCounts"},
+    builtins={"operations": "rramc.hardware.observers:OperationCounts", "energy": "rramc.hardware.cost:ChipCost"},
     error=RramcError,
     interface=CostObserver,
 )

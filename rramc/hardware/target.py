@@ -9,6 +9,7 @@ A target file has these sections (see ``targets/rram_a.yaml``)::
                     read_voltage: 1.0, dac_bits: 8, adc_bits: 8, sense_range: 2.5e-3}   # V; A
     wires:         {model: ideal}                         # optional: the column solver
     nonidealities: {programming_sigma: 0.0, read_noise_sigma: 0.0, ...}   # optional, all 0
+    cost:          {adc_energy_per_step: 6.51e-15, cell_area: 1.53e-9, ...}   # optional: J, mm² (see cost.py)
 
 Builtin targets (``ideal``, ``rram_a``, ``rram_b``) ship in the ``rramc.targets`` package.
 
@@ -71,14 +72,85 @@ class CrossbarSpec:
         "per array at the middle level), or a plugin's (rramc.weight_encodings)", default="differential",
     )
     input_encoding: str = spec_field(
-        "how activations reach the word lines: amplitude (the DAC sets the read voltage), or a plugin's "
-        "(rramc.input_encodings)", default="amplitude",
+        "how activations reach the word lines: amplitude (the DAC sets the read voltage), bit_serial (one input bit "
+        "per read at 0 V or the read voltage, shift-and-add after the ADC), pulse_width (the read voltage for a time "
+        "proportional to the input, charge integrated), predistorted (DAC levels placed so that equal input steps give "
+        "equal current steps), or a plugin's (rramc.input_encodings)", default="amplitude",
     )
     dac_bits: int | None = spec_field("input DAC resolution; null: ideal (no quantisation, no clipping)", low=1, high=16, default=None)
     adc_bits: int | None = spec_field("signed ADC resolution per tile output; null: ideal", low=2, high=16, default=None)
+    weight_slices: int = spec_field(
+        "cell pairs one weight is spread over (bit-slicing), each holding slice_bits bits of it, least significant "
+        "first; their ADC outputs are shifted and added", low=1, high=16, default=1,
+    )
+    slice_bits: int | None = spec_field(
+        "bits each slice holds (2^slice_bits levels of a cell's, which must fall on conductance.levels); null: as many "
+        "as the cell's levels give (continuous cells need it set when weight_slices > 1)", low=1, high=16, default=None,
+    )
+    read_time: float = spec_field(
+        "duration of one read: a word-line pulse long enough for the line to settle and the column to be sampled "
+        "(also the shortest pulse that reads a cell)", unit="s", low=0.0, low_open=True, high=1.0, default=1.0e-7,
+    )
+    pulse_step: float | None = spec_field(
+        "pulse_width inputs: the pulse duration of one DAC step (at least read_time); null: read_time",
+        unit="s", low=0.0, low_open=True, high=1.0, default=None,
+    )
     sense_range: float | None = spec_field(
         "largest column current the sense amplifier / ADC front end accepts (every cell at its largest current, "
         "full-scale input); null: not checked", unit="A", low=0.0, low_open=True, high=1.0, default=None,
+    )
+
+
+@dataclass(frozen=True)
+class CostSpec:
+    """What the periphery of one array costs, per unit: the cost model's inputs (see ``rramc/hardware/cost.py``).
+
+    Every default comes from ISAAC (Shafiee et al., "ISAAC: A Convolutional Neural Network
+    Accelerator with In-Situ Analog Arithmetic in Crossbars", ISCA 2016, table of its tile and
+    in-situ multiply-accumulate unit (IMA): 8 arrays of 128×128, 8 ADCs of 8 bits at 1.2 GS/s
+    drawing 16 mW in 0.0096 mm², 8×128 1-bit DACs drawing 4 mW in 0.00017 mm², 4 shift-and-add
+    units drawing 0.2 mW in 0.00024 mm², the 8 arrays in 0.0002 mm², a 100 ns read); the field
+    docs show the arithmetic. The upper bounds only catch a unit slip (pJ written as J).
+    """
+
+    adc_energy_per_step: float = spec_field(
+        "ADC energy per conversion step: a conversion of b bits costs this × 2**b (Walden figure of merit); "
+        "default ISAAC: 16 mW / 8 ADCs / 1.2 GS/s = 1.67 pJ per 8-bit conversion, / 256",
+        unit="J", low=0.0, high=1e-6, default=6.51e-15,
+    )
+    adc_rate: float = spec_field(
+        "conversions per second of one ADC; default ISAAC's 1.2 GS/s", unit="1/s", low=0.0, low_open=True, high=1e12,
+        default=1.2e9,
+    )
+    adcs_per_array: int = spec_field(
+        "ADCs per array, shared by its outputs in turn; default ISAAC's 1 (8 per IMA of 8 arrays)", low=1, high=65536,
+        default=1,
+    )
+    dac_energy_per_bit: float = spec_field(
+        "word-line DAC energy per conversion and bit: a DAC of b bits costs this × b per conversion (as b binary-"
+        "weighted 1-bit drivers; an assumption); default ISAAC's 1-bit DACs: 4 mW / (8×128) × 100 ns",
+        unit="J", low=0.0, high=1e-6, default=3.91e-13,
+    )
+    digital_energy_per_op: float = spec_field(
+        "digital energy per operation (each ADC output's shift-and-add, each output's gain and offset); default "
+        "ISAAC's shift-and-add: 0.2 mW / 4 units / 1.2 GHz, one operation per unit and cycle",
+        unit="J", low=0.0, high=1e-6, default=4.17e-14,
+    )
+    cell_area: float = spec_field(
+        "area of one cell; default ISAAC's 0.0002 mm² / (8 × 128 × 128): a 4F² cross-point cell at F ≈ 20 nm "
+        "(a 1T1R cell is larger: set yours)", unit="mm²", low=0.0, high=1e-3, default=1.53e-9,
+    )
+    adc_area: float = spec_field(
+        "area of one ADC (as built: not scaled with adc_bits); default ISAAC's 8-bit ADC, 0.0096 mm² / 8",
+        unit="mm²", low=0.0, high=10.0, default=1.2e-3,
+    )
+    dac_area: float = spec_field(
+        "area of one word line's DAC (as built: not scaled with dac_bits); default ISAAC's 1-bit DAC, "
+        "0.00017 mm² / (8×128)", unit="mm²", low=0.0, high=10.0, default=1.66e-7,
+    )
+    digital_area_per_array: float = spec_field(
+        "area of one array's digital periphery (shift-and-add); default ISAAC's 4 units per 8 arrays, "
+        "0.00024 mm² / 8", unit="mm²", low=0.0, high=10.0, default=3.0e-5,
     )
 
 
@@ -116,6 +188,7 @@ class Target:
     description: str = ""
     source: str = field(default="<memory>", compare=False)
     wires: ColumnSolver = field(default=None)  # type: ignore[assignment]  # set in __post_init__
+    cost: CostSpec = field(default_factory=CostSpec)
 
     def __post_init__(self) -> None:
         if self.wires is None:
@@ -129,7 +202,7 @@ class Target:
         top = Location(source)
         if not isinstance(data, dict):
             raise top.error(f"expected a mapping with sections name, device, conductance, crossbar; got {type(data).__name__}")
-        allowed = {"name", "description", "device", "conductance", "crossbar", "wires", "nonidealities"}
+        allowed = {"name", "description", "device", "conductance", "crossbar", "wires", "nonidealities", "cost"}
         unknown = sorted(set(map(str, data)) - allowed)
         if unknown:
             raise top.error(f"unknown section(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
@@ -145,13 +218,16 @@ class Target:
         conductance = build(ConductanceSpec, data["conductance"], top.child("conductance"))
         crossbar = build(CrossbarSpec, data["crossbar"], top.child("crossbar"))
         nonidealities = build(NonidealitySpec, data.get("nonidealities") or {}, top.child("nonidealities"))
+        cost = build(CostSpec, data.get("cost") or {}, top.child("cost"))
         ctx = DeviceContext(crossbar.read_voltage, conductance.g_min, conductance.g_max, directory)
         device = _build_device(data["device"], top.child("device"), ctx)
         _check_encodings(crossbar, top.child("crossbar"))
         wires = _build_wires(data.get("wires") or {"model": "ideal"}, top.child("wires"))
-        target = cls(name, device, conductance, crossbar, nonidealities, description, source, wires)
+        target = cls(name, device, conductance, crossbar, nonidealities, description, source, wires, cost)
         _check_read_currents(target, top)
         check_limits(target, top)
+        _check_input_encoding(target, top.child("crossbar"))
+        _check_slicing(target, top.child("crossbar"))
         return target
 
     def to_mapping(self) -> dict[str, Any]:
@@ -164,6 +240,7 @@ class Target:
             "crossbar": to_mapping(self.crossbar),
             "wires": self.wires.to_mapping(),
             "nonidealities": to_mapping(self.nonidealities),
+            "cost": to_mapping(self.cost),
         }
 
     def nominal(self) -> Target:
@@ -237,6 +314,25 @@ def _check_encodings(crossbar: CrossbarSpec, where: Location) -> None:
         if value not in registry.names():
             raise where.child(name).error(f"got {value!r}; expected one of {', '.join(registry.names())}")
         registry.get(value)  # a plugin that breaks the interface is refused here, with its origin
+
+
+def _check_input_encoding(target: Target, where: Location) -> None:
+    """What the input encoding needs of the rest of the target (its DAC, its pulses, its device)."""
+    from rramc.hardware.input_encoding import INPUT_ENCODINGS
+
+    problem = INPUT_ENCODINGS.get(target.crossbar.input_encoding).problem(target)
+    if problem is not None:
+        field, message = problem
+        raise where.child(field).error(message)
+
+
+def _check_slicing(target: Target, where: Location) -> None:
+    from rramc.hardware.weight_encoding import slicing_problem
+
+    problem = slicing_problem(target)
+    if problem is not None:
+        field, message = problem
+        raise where.child(field).error(message)
 
 
 def _build_wires(data: Any, where: Location) -> ColumnSolver:
@@ -423,6 +519,7 @@ def target_fields() -> dict[str, list[tuple[str, str]]]:
         "conductance": field_docs(ConductanceSpec),
         "crossbar": field_docs(CrossbarSpec),
         "nonidealities": field_docs(NonidealitySpec),
+        "cost": field_docs(CostSpec),
     }
     for name, cls in DEVICE_MODELS:
         if dataclasses.is_dataclass(cls) and name != "table":

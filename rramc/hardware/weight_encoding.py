@@ -79,6 +79,11 @@ class WeightEncoding(ABC):
         """The conductances one chip instance holds: ``write`` draws variation and faults for cells."""
         return write(g_pos), write(g_neg)
 
+    def map_sliced(self, weight: Tensor, *, per_column: bool, slices: int, bits: int, levels: int | None) -> MappedWeights:
+        """Conductances for ``weight`` spread over ``slices`` cell pairs of ``bits`` bits each: ``[inputs,
+        outputs·slices]``, output ``j``'s slice ``s`` (least significant first) in column ``j·slices + s``."""
+        raise TargetError(f"weight encoding {self.name} cannot spread a weight over several cells (bit-slicing)")
+
     def cell_terms(self, weight: Tensor, expansion: Expansion, *, per_column: bool) -> tuple[Tensor, Tensor] | None:
         """Training's fast path: ``ψ(G⁺) - ψ(G⁻)`` ``[terms, outputs, inputs]`` of the continuous
         (unrounded) conductances of ``weight``, computed without the conductances, and
@@ -128,6 +133,29 @@ class Differential(WeightEncoding):
             per_weight = scale * rc.response
             g_pos = rc.conductance(rc.i_min + per_weight[:, None] * torch.relu(w), levels)
             g_neg = rc.conductance(rc.i_min + per_weight[:, None] * torch.relu(-w), levels)
+        return _finish(weight, g_pos, g_neg, scale)
+
+    def map_sliced(self, weight: Tensor, *, per_column: bool, slices: int, bits: int, levels: int | None) -> MappedWeights:
+        # |W| / peak becomes an integer of slices·bits bits; each slice holds one base-2^bits digit of it, as
+        # an evenly spaced read current (what the shift-and-add needs), on G⁺ for positive and G⁻ for negative weights.
+        w = _compute(weight)
+        rc, c = self.read_current, self.target.conductance
+        peak = mapping.weight_peak(w.detach(), per_column)
+        scale = (c.g_max - c.g_min) / peak
+        top, base = (1 << (bits * slices)) - 1, 1 << bits
+        magnitude = (w.detach().abs() / peak[:, None] * top).round()
+        positive = w.detach() > 0
+        digits = torch.stack([torch.remainder(torch.div(magnitude, base**s, rounding_mode="floor"), base) for s in range(slices)], 1)
+        per_digit = (rc.i_max - rc.i_min) / (base - 1)
+        cells = [rc.conductance(rc.i_min + per_digit * torch.where(side[:, None], digits, torch.zeros_like(digits)), levels)
+                 for side in (positive, ~positive)]  # [outputs, slices, inputs] each
+        if weight.requires_grad:
+            # Straight through, on the most significant slice: the pair's conductance difference moves with c·W.
+            most = (1 << (bits * (slices - 1))) * (base - 1) / top
+            nudge = (scale[:, None] * (w - w.detach()) / most)[:, None]
+            last = torch.arange(slices, device=w.device) == slices - 1
+            cells = [cells[0] + torch.where(last[None, :, None], nudge / 2, 0.0), cells[1] - torch.where(last[None, :, None], nudge / 2, 0.0)]
+        g_pos, g_neg = (g.reshape(-1, g.shape[-1]) for g in cells)
         return _finish(weight, g_pos, g_neg, scale)
 
     def cell_terms(self, weight: Tensor, expansion: Expansion, *, per_column: bool) -> tuple[Tensor, Tensor] | None:
@@ -180,7 +208,7 @@ class Offset(WeightEncoding):
 
     def map(self, weight: Tensor, *, per_column: bool, levels: int | None) -> MappedWeights:
         w = _compute(weight)
-        rc, c = self.read_current, self.target.conductance
+        rc = self.read_current
         g_ref = self.reference(levels)
         i_ref = rc.current_at(g_ref)
         half = min(rc.i_max - i_ref, i_ref - rc.i_min)
@@ -205,6 +233,42 @@ WEIGHT_ENCODINGS: Registry[type[WeightEncoding]] = Registry(
     interface=WeightEncoding,
 )
 """Every weight encoding by name: the built-ins plus the ``rramc.weight_encodings`` entry points."""
+
+
+def slice_bits(target: Target) -> int | None:
+    """Bits per slice of ``target``'s bit-sliced weights (None: unsliced): ``crossbar.slice_bits``, or the
+    most that evenly spaced digits on the cell's levels allow."""
+    x, levels = target.crossbar, target.conductance.levels
+    if x.slice_bits is not None or x.weight_slices == 1:
+        return x.slice_bits
+    if levels is None:
+        return None
+    return max(b for b in range(1, 17) if (1 << b) <= levels and (levels - 1) % ((1 << b) - 1) == 0)
+
+
+def slicing_problem(target: Target) -> tuple[str, str] | None:
+    """Why ``target``'s bit-slicing fields do not fit its cells — ``(crossbar field, message)`` — or None."""
+    x, levels = target.crossbar, target.conductance.levels
+    if x.weight_slices == 1 and x.slice_bits is None:
+        return None
+    if x.weight_encoding != "differential":
+        return ("weight_encoding", f"bit-slicing (weight_slices {x.weight_slices}, slice_bits {x.slice_bits}) spreads a weight over "
+                                   f"differential pairs; weight_encoding {x.weight_encoding} cannot: use differential")
+    bits = slice_bits(target)
+    if bits is None:
+        return ("slice_bits", "continuous cells (conductance.levels null) have no levels to take the slice's bits from: set slice_bits")
+    if levels is not None:
+        fitting = [b for b in range(1, 17) if (1 << b) <= levels and (levels - 1) % ((1 << b) - 1) == 0]
+        if (1 << bits) > levels:
+            return ("slice_bits", f"{bits} bits need {1 << bits} levels per cell, but conductance.levels is {levels}; "
+                                  f"slices that fit: slice_bits {', '.join(map(str, fitting))}")
+        if (levels - 1) % ((1 << bits) - 1):
+            return ("slice_bits", f"the {1 << bits} evenly spaced levels of a {bits}-bit slice do not fall on the cell's {levels} "
+                                  f"levels ({levels} - 1 is not a multiple of {(1 << bits) - 1}); slices that fit: slice_bits "
+                                  f"{', '.join(map(str, fitting))}")
+    if x.weight_slices * bits > 32:
+        return ("weight_slices", f"{x.weight_slices} slices of {bits} bits make {x.weight_slices * bits}-bit weights; at most 32")
+    return None
 
 
 def weight_encoding(name: str, target: Target) -> WeightEncoding:

@@ -366,6 +366,12 @@ class CrossbarOp(Op):
     (int64, per word line and per output): where each sits in its tile's array, counted from the
     array's sense amplifiers (rows) and from its drivers (outputs); unset, the matrix's order from
     the array's first row and column. Only wires with resistance tell the places apart.
+
+    ``weight_slices`` (None: one) spreads each weight over that many cell pairs of ``slice_bits``
+    bits each, least significant first: the matrix then has ``outputs · weight_slices`` columns
+    (output ``j``'s slice ``s`` in column ``j·weight_slices + s``), each with its own ADC, and the
+    digitised slices are added with the weights :meth:`slice_weights` (shift-and-add) before the
+    neuron. Tiles, places and ADC ranges count columns; gain, offset and bias count outputs.
     """
 
     weight: Tensor
@@ -386,11 +392,31 @@ class CrossbarOp(Op):
     trained_for: DeviceTraining | None = None
     row_place: Tensor | None = None
     col_place: Tensor | None = None
+    weight_slices: int | None = None
+    slice_bits: int | None = None
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
         """(word lines, outputs) of the unrolled weight matrix."""
         return (int(self.weight[0].numel()), int(self.weight.shape[0]))
+
+    @property
+    def slices(self) -> int:
+        return self.weight_slices or 1
+
+    @property
+    def columns(self) -> int:
+        """Conductance columns: one per output and slice."""
+        return self.matrix_shape[1] * self.slices
+
+    def slice_weights(self) -> Tensor | None:
+        """The digital weight of each slice's ADC output, ``2^(b·s)·(2^b - 1)/(2^(S·b) - 1)``: the slices of
+        a weight add up to what one unsliced pair carries for it (None: unsliced)."""
+        if self.weight_slices is None:
+            return None
+        assert self.slice_bits is not None
+        b, slices = self.slice_bits, self.weight_slices
+        return torch.tensor([(1 << (b * s)) * ((1 << b) - 1) / ((1 << (b * slices)) - 1) for s in range(slices)], dtype=torch.float64)
 
     def flat_weight(self) -> Tensor:
         """The float weight as the crossbar sees it: ``[outputs, word lines]``."""
@@ -420,8 +446,13 @@ class CrossbarOp(Op):
 
     def verify_mapping(self) -> None:
         rows, cols = self.matrix_shape
-        if tuple(self.g_pos.shape) != (rows, cols):
-            raise ValueError(f"g_pos {list(self.g_pos.shape)} does not match the weight {list(self.weight.shape)}")
+        if (self.weight_slices is None) != (self.slice_bits is None):
+            raise ValueError("weight_slices and slice_bits must be set together")
+        if self.weight_slices is not None and not (1 <= self.weight_slices <= 16 and 1 <= self.slices * (self.slice_bits or 0) <= 32):
+            raise ValueError(f"weight_slices={self.weight_slices}, slice_bits={self.slice_bits}: expected 1..16 slices of at most 32 bits in all")
+        if tuple(self.g_pos.shape) != (rows, self.columns):
+            raise ValueError(f"g_pos {list(self.g_pos.shape)} does not match the weight {list(self.weight.shape)}"
+                             + (f" in {self.slices} slices" if self.weight_slices else ""))
         if self.g_neg.shape != self.g_pos.shape:
             raise ValueError(f"g_neg {list(self.g_neg.shape)} differs from g_pos {[rows, cols]}")
         _check_vector("bias", self.bias, cols)
@@ -440,7 +471,7 @@ class CrossbarOp(Op):
             raise ValueError("row_splits and col_splits must be set together")
         if self.row_splits is not None:
             _check_splits("row_splits", self.row_splits, rows)
-            _check_splits("col_splits", self.col_splits, cols)
+            _check_splits("col_splits", self.col_splits, self.columns)
             if self.adc_range is not None and tuple(self.adc_range.shape) != self.grid:
                 raise ValueError(f"adc_range {list(self.adc_range.shape)} does not match the tile grid {list(self.grid)}")
             for name, place, splits in (("row_place", self.row_place, self.row_splits), ("col_place", self.col_place, self.col_splits)):

@@ -101,10 +101,11 @@ def evaluate(
     device: torch.device | str = "cpu",
     limit: int | None = None,
     progress: bool = False,
-    cost: Sequence[str] = ("operations",),
+    cost: Sequence[str] = ("operations", "energy"),
 ) -> Report:
     """Accuracy of the float network and of the simulated chip, each crossbar layer's error, the
-    inputs the chip clipped and the ``cost`` observers' summaries (per inference).
+    inputs the chip clipped and the ``cost`` observers' summaries (per inference; by default the
+    operation counts and the energy, latency and area of :mod:`rramc.hardware.cost`).
 
     ``limit`` evaluates the first samples only; ``seed`` selects the chip instance and its read
     noise, drawn as :meth:`Executable.__call__` draws it: a single batch gives the same outputs.

@@ -108,7 +108,31 @@ class Report:
         if operations:
             console.print(f"  per inference: {operations['reads']:,.0f} array reads, {operations['dac_conversions']:,.0f} DAC and "
                           f"{operations['adc_conversions']:,.0f} ADC conversions, {operations['macs']:,.0f} cell MACs", style="dim")
+        energy = self.costs.get("energy")
+        if energy and energy.get("layers"):
+            _render_energy(console, energy)
         for warning in self.warnings:
             console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
         rate = self.samples / self.seconds if self.seconds else float("nan")
         console.print(f"  {self.seconds:.2f} s ({rate:,.0f} samples/s, float and chip passes together)", style="dim")
+
+
+def _render_energy(console: Console, energy: dict[str, Any]) -> None:
+    """The ``energy`` cost observer's summary: a row per crossbar layer and their total."""
+    from rramc.hardware.cost import format_quantity as q
+
+    table = Table(title="Cost per inference (formulas: README, 'Cost model')", title_justify="left")
+    for column in ("layer", "energy", "cells", "DAC", "ADC", "digital", "latency", "arrays", "area"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+
+    def add(name: str, row: dict[str, float], **style: Any) -> None:
+        table.add_row(name, q(row["energy_J"], "J"), q(row["cell_energy_J"], "J"), q(row["dac_energy_J"], "J"),
+                      q(row["adc_energy_J"], "J"), q(row["digital_energy_J"], "J"), q(row["latency_s"], "s"),
+                      f"{row['arrays']:,.0f}", f"{row['area_mm2']:.3g} mm²", **style)
+
+    for name, row in energy["layers"].items():
+        add(name, row)
+    add("total", energy["per_inference"], style="bold")
+    console.print(table)
+    for note in energy.get("notes", []):
+        console.print(f"  cost: {note}", style="dim", highlight=False)
