@@ -281,7 +281,11 @@ class Target:
         adc = f"{x.adc_bits}-bit ADC" if x.adc_bits else "ideal ADC"
         device = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.device.to_mapping().items()
                            if not isinstance(v, list))
-        encodings = x.weight_encoding + ("" if x.input_encoding == "amplitude" else f", {x.input_encoding} inputs")
+        from rramc.hardware.weight_encoding import slice_bits
+
+        bits = slice_bits(self)
+        slices = "" if bits is None else f" in {x.weight_slices} slice{'s' if x.weight_slices > 1 else ''} of {bits} bits"
+        encodings = x.weight_encoding + slices + ("" if x.input_encoding == "amplitude" else f", {x.input_encoding} inputs")
         wire_fields = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                 for k, v in self.wires.to_mapping().items() if k != "model")
         wires = "" if self.wires.model == "ideal" else f"; wires: {self.wires.model}" + (f" ({wire_fields})" if wire_fields else "")
