@@ -8,8 +8,10 @@ k = 20 variant of rram_a.
 For each network and target it runs ``rramc.sweep.run_sweep`` over ``crossbar.input_encoding``
 (so every point is a task of the chosen executor, logged and resumable like ``rramc sweep``) and
 writes, under ``--out``, each sweep's CSV/JSON/Pareto PNG, one ``table.md`` of every design, and
-``pareto.png``: every design of every network and target on one figure. The float networks are
-trained here first (``--float-epochs``, SGD 0.1 as the paper experiment), seeded.
+``pareto_<network>.png``: every design of a network on every target on one figure. The float
+networks are trained here first (``--float-epochs``, SGD 0.1 as the paper experiment), seeded.
+
+    python bench/encodings.py --replot DIR   # redraw DIR's figures from its designs.json
 """
 
 from __future__ import annotations
@@ -54,7 +56,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int)
     parser.add_argument("--out", type=Path, default=Path("encodings"))
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--replot", type=Path, help="only redraw the figures of an earlier run's folder")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads((args.replot / "designs.json").read_text()), args.replot, args.dataset)
+        return
     for name in args.networks.split(","):
         if name not in NETWORKS:
             parser.error(f"--networks: unknown {name!r}; allowed: {', '.join(NETWORKS)}")
@@ -91,18 +97,25 @@ def main() -> None:
                 for d in result.designs():
                     d.update(network=key, target=label)
                     designs.append(d)
-                    lines.append(f"| {title} | {label} | {d['point'].split('=')[1]} | {d['method']} | {100 * d['accuracy']:.2f} | "
+                    lines.append(f"| {title} | {label} | {d['point']} | {d['method']} | {100 * d['accuracy']:.2f} | "
                                  f"{d['energy_J'] * 1e9:.3g} | {d['latency_s'] * 1e6:.3g} |")
                     print(lines[-1], flush=True)
                 print(f"  float {100 * result.rows[0]['float']:.2f} %, float trained the same extra epochs "
                       f"{100 * result.rows[0].get('float_retrained', float('nan')):.2f} % ({time.perf_counter() - start:.0f} s)", flush=True)
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
     (args.out / "designs.json").write_text(json.dumps(designs, indent=2))
-    overall = SweepResult(axes={"design": []}, meta={"title": f"every design, {args.dataset}"})
-    overall.rows = [{"design": f"{d['network']} {d['target']} {d['point'].split('=')[1]}", d["method"]: d["accuracy"],
-                     f"{d['method']}_energy_J": d["energy_J"], f"{d['method']}_latency_s": d["latency_s"]} for d in designs]
-    (args.out / "pareto.png").write_bytes(overall.plot_pareto())
-    print(f"wrote {args.out}/table.md, designs.json, pareto.png", flush=True)
+    plot(designs, args.out, args.dataset)
+    print(f"wrote {args.out}/table.md, designs.json, pareto_<network>.png", flush=True)
+
+
+def plot(designs: list[dict], folder: Path, dataset: str) -> None:
+    """One Pareto figure per network: its designs on every target (networks are not each other's rivals)."""
+    for key in dict.fromkeys(d["network"] for d in designs):
+        mine = [d for d in designs if d["network"] == key]
+        figure = SweepResult(axes={"design": []}, meta={"title": f"{NETWORKS[key][0]} on {dataset}: every target and encoding"})
+        figure.rows = [{"design": f"{d['target']} {d['point'].split('=')[-1]}", d["method"]: d["accuracy"],
+                        f"{d['method']}_energy_J": d["energy_J"], f"{d['method']}_latency_s": d["latency_s"]} for d in mine]
+        (folder / f"pareto_{key}.png").write_bytes(figure.plot_pareto())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Runtime throughput and compile time, as ratios against plain PyTorch in the same process.
 
-    python bench/runtime_throughput.py [--batch 256] [--repeats 15] [--device cpu]
+    python bench/runtime_throughput.py [--batch 256] [--repeats 15] [--device cpu] [--targets ideal,rram_a,rram_b]
+                                       [--encodings amplitude,bit_serial,pulse_width,predistorted] [--slices 1,2]
 
 For each network and target: the chip simulation's time per batch divided by PyTorch's time
 for the same model and batch (both measured interleaved, median of the repeats), and the
@@ -43,15 +44,28 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--targets", default="ideal,rram_a,rram_b")
+    parser.add_argument("--encodings", default="amplitude", help="input encodings to time on each target")
+    parser.add_argument("--slices", default="1", help="weight slices to time on each target (its levels' bits each)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, batch {args.batch}")
-    print(f"{'network':36s} {'target':8s} {'compile s':>9s} {'torch ms':>9s} {'chip ms':>9s} {'chip/torch':>10s}")
+    print(f"{'network':36s} {'target':30s} {'compile s':>9s} {'torch ms':>9s} {'chip ms':>9s} {'chip/torch':>10s}")
+    variants = []
+    for name in args.targets.split(","):
+        base = rramc.load_target(name)
+        if base.crossbar.dac_bits is None and args.encodings != "amplitude":
+            base = base.with_changes(crossbar={"dac_bits": 8})  # the other encodings need the input's bits
+        for encoding in args.encodings.split(","):
+            for slices in map(int, args.slices.split(",")):
+                sliced = {"weight_slices": slices, **({"slice_bits": 4} if base.conductance.levels is None else {})}
+                changes = {"input_encoding": encoding, **(sliced if slices > 1 else {})}
+                label = name + ("" if encoding == "amplitude" else f"/{encoding}") + ("" if slices == 1 else f"/{slices} slices")
+                variants.append((label, base.with_changes(crossbar=changes)))
     for name, (model, example) in networks().items():
         model = model.to(args.device)
         x = torch.rand(args.batch, *example.shape[1:], device=args.device)
         calibration = torch.rand(256, *example.shape[1:])
-        for target in args.targets.split(","):
+        for label, target in variants:
             start = time.perf_counter()
             exe = rramc.compile(model.cpu(), target, calibration[:2] if isinstance(model, torch.fx.GraphModule) else calibration,
                                 calibration_data=calibration, input_range=(0.0, 1.0))
@@ -67,7 +81,7 @@ def main() -> None:
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
             t, c = statistics.median(torch_times), statistics.median(chip_times)
-            print(f"{name:36s} {target:8s} {compile_seconds:9.3f} {1e3 * t:9.3f} {1e3 * c:9.3f} {c / t:10.1f}")
+            print(f"{name:36s} {label:30s} {compile_seconds:9.3f} {1e3 * t:9.3f} {1e3 * c:9.3f} {c / t:10.1f}")
 
 
 if __name__ == "__main__":

@@ -109,7 +109,8 @@ class SweepResult:
         (``pareto_latency``): no other design is at least as accurate and as cheap, and better in one."""
         designs = []
         for row in self.rows:
-            point = ", ".join(f"{a.split('.')[-1]}={row[a]}" for a in self.axes)
+            point = (str(row[next(iter(self.axes))]) if len(self.axes) == 1 else  # one axis: its value says it
+                     ", ".join(f"{a.split('.')[-1]}={row[a]}" for a in self.axes))
             for method in METHODS:
                 if method in row and f"{method}_energy_J" in row:
                     designs.append({"point": point, "method": method, "accuracy": row[method],
