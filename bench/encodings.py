@@ -109,13 +109,44 @@ def main() -> None:
 
 
 def plot(designs: list[dict], folder: Path, dataset: str) -> None:
-    """One Pareto figure per network: its designs on every target (networks are not each other's rivals)."""
+    """``pareto_<network>.png``: a row of panels per target, accuracy against energy and against latency
+    per inference; colour: input encoding, circle: naive, triangle: reconstructed; each panel's Pareto
+    front (no design more accurate for less) joined. Networks are not each other's rivals: one figure each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter, NullFormatter
+
+    colors = dict(zip(ENCODINGS, ("tab:red", "tab:green", "tab:purple", "tab:blue")))
     for key in dict.fromkeys(d["network"] for d in designs):
         mine = [d for d in designs if d["network"] == key]
-        figure = SweepResult(axes={"design": []}, meta={"title": f"{NETWORKS[key][0]} on {dataset}: every target and encoding"})
-        figure.rows = [{"design": f"{d['target']} {d['point'].split('=')[-1]}", d["method"]: d["accuracy"],
-                        f"{d['method']}_energy_J": d["energy_J"], f"{d['method']}_latency_s": d["latency_s"]} for d in mine]
-        (folder / f"pareto_{key}.png").write_bytes(figure.plot_pareto())
+        targets = list(dict.fromkeys(d["target"] for d in mine))
+        fig, panels = plt.subplots(len(targets), 2, figsize=(10, 3.1 * len(targets)), dpi=110, sharey="row", squeeze=False)
+        for row, label in zip(panels, targets):
+            here = [d for d in mine if d["target"] == label]
+            for ax, cost, unit in ((row[0], "energy_J", "J"), (row[1], "latency_s", "s")):
+                for d in here:
+                    encoding = d["point"].split("=")[-1]
+                    ax.scatter(d[cost], 100 * d["accuracy"], color=colors.get(encoding, "black"), s=30,
+                               marker="o" if d["method"] == "naive" else "^")
+                front = sorted((d for d in here if not any(o["accuracy"] >= d["accuracy"] and o[cost] <= d[cost]
+                                                           and (o["accuracy"] > d["accuracy"] or o[cost] < d[cost]) for o in here)),
+                               key=lambda d: d[cost])
+                ax.step([d[cost] for d in front], [100 * d["accuracy"] for d in front], where="post", color="black", lw=0.8, alpha=0.5)
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(EngFormatter(unit=unit))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+                ax.grid(True, alpha=0.3)
+                ax.set_title(f"{label}: accuracy vs {'energy' if unit == 'J' else 'latency'} per inference", fontsize=9)
+            row[0].set_ylabel("test accuracy [%]")
+        handles = [plt.Line2D([], [], color=c, marker="s", ls="", label=e) for e, c in colors.items()]
+        handles += [plt.Line2D([], [], color="gray", marker=m, ls="", label=t) for m, t in (("o", "naive"), ("^", "reconstructed"))]
+        fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=8, frameon=False)
+        fig.suptitle(f"{NETWORKS[key][0]} on {dataset} (joined: each panel's Pareto front)", fontsize=10)
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+        fig.savefig(folder / f"pareto_{key}.png")
+        plt.close(fig)
 
 
 if __name__ == "__main__":
