@@ -464,13 +464,12 @@ class _SweepProgress:
         if row is None:
             errors.print(f"[bold red]failed:[/] {escape(error or '')}", highlight=False, soft_wrap=True)
             return
+        from rramc.hardware.cost import format_quantity
         from rramc.sweep import COST_COLUMNS
 
         def shown(key: str, value: Any) -> str:
-            if key.endswith("_energy_J"):
-                return f"{value * 1e9:.3g} nJ"
-            if key.endswith("_latency_s"):
-                return f"{value * 1e6:.3g} µs"
+            if key.endswith(COST_COLUMNS):
+                return format_quantity(value, key.rsplit("_", 1)[1])
             return f"{100 * value:.2f} %"
 
         measured = {k: v for k, v in row.items() if isinstance(v, float) and "." not in k}
