@@ -63,7 +63,8 @@ class Predistorted(InputEncoding):
 
     def linearity_error(self, dac_bits: int | None) -> float:
         """Largest deviation of a level's current from its share of the read current, over the
-        window's conductances, relative to the full-scale current of ``g_max`` (0 for a separable device)."""
+        window's conductances, relative to the full-scale current of ``g_max`` (0 for a separable device;
+        without a DAC, on 255 steps)."""
         steps = converters.dac_steps(dac_bits) if dac_bits is not None else 255
         return _residual(self.target, steps)
 
@@ -87,10 +88,6 @@ class Predistorted(InputEncoding):
         return [Read(1.0, levels=levels, codes=codes, uniform=False)]
 
 
-def _currents(target: Target, v: Tensor, g: Tensor) -> Tensor:
-    return target.device.current(v, g)
-
-
 @functools.lru_cache(maxsize=32)
 def _levels(target: Target, steps: int) -> Tensor:
     shares = torch.arange(steps + 1, dtype=torch.float64) / steps
@@ -112,17 +109,19 @@ def _window(target: Target) -> Tensor:
 
 def _voltages_for(target: Target, shares: Tensor) -> Tensor:
     """The voltage of each share ``s`` of the read current: ``g⁻¹(s·g(Vread))`` for a separable device,
-    else the least-squares voltage over the window (the current rises with V, so the squared error is
-    unimodal in V: bisection on its slope)."""
+    else the least-squares voltage over the window, found by bisection on the slope of the squared
+    error. Each conductance's error is unimodal in V (its current rises with V); their sum is for the
+    smooth state-dependent models here, and the tests check the optimum locally."""
     vread = target.crossbar.read_voltage
     device = target.device
     g = _window(target) if not device.separable else torch.ones(1, dtype=torch.float64)
-    full = _currents(target, torch.full_like(g, vread), g)  # [window]
+    full = device.current(torch.full_like(g, vread), g)  # [window]
     wanted = shares[:, None] * full[None, :]  # [shares, window]
     low = torch.zeros_like(shares)
     high = torch.full_like(shares, vread)
+
     def current(v: Tensor) -> Tensor:
-        return _currents(target, v[:, None].expand_as(wanted), g[None, :].expand_as(wanted))
+        return device.current(v[:, None].expand_as(wanted), g[None, :].expand_as(wanted))
 
     for _ in range(60):  # 2^-60 of Vread: exact in float64
         mid = (low + high) / 2
@@ -148,6 +147,6 @@ def _residual(target: Target, steps: int) -> float:
     shares = torch.arange(steps + 1, dtype=torch.float64) / steps
     v = _levels(target, steps)
     vread = target.crossbar.read_voltage
-    full = _currents(target, torch.full_like(g, vread), g)
-    error = _currents(target, v[:, None].expand(-1, len(g)), g[None, :].expand(len(v), -1)) - shares[:, None] * full[None, :]
+    full = target.device.current(torch.full_like(g, vread), g)
+    error = target.device.current(v[:, None].expand(-1, len(g)), g[None, :].expand(len(v), -1)) - shares[:, None] * full[None, :]
     return float(error.abs().max() / full.max())
