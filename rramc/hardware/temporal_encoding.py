@@ -50,12 +50,17 @@ class _BinaryLevels(InputEncoding):
             self._levels[key] = torch.tensor([0.0, self.target.crossbar.read_voltage], dtype=x.dtype, device=x.device)
         return self._levels[key]
 
-    def codes(self, x: Tensor, scale: float, dac_bits: int | None) -> tuple[Tensor, int]:
-        """The DAC code of every input (clipped to [0, full scale]) and the code's full scale."""
+    def codes(self, x: Tensor, scale: float, dac_bits: int | None, rounded: bool = True) -> tuple[Tensor, int]:
+        """The DAC code of every input (clipped to [0, full scale]; not rounded: the model without a
+        DAC) and the code's full scale, the target's DAC's when the model leaves it out."""
         bits = dac_bits if dac_bits is not None else self.target.crossbar.dac_bits
         assert bits is not None  # refused when the target is loaded
         steps = converters.dac_steps(bits)
-        return x.detach().mul(steps / scale).clamp_(0.0, steps).round_(), steps
+        codes = x.detach().mul(steps / scale).clamp_(0.0, steps)
+        return (codes.round_() if rounded else codes), steps
+
+    def clipped(self, x: Tensor, scale: float, dac_bits: int | None) -> Tensor:
+        return (x > scale).sum()  # the code has a full scale even where the chip model leaves the DAC out
 
     def read(self, weight: float, on: Tensor, x: Tensor, scale: float, seconds: float, accumulates: bool = False) -> Read:
         """A read with the word lines where ``on`` (0 or 1) at ``Vread``; straight-through in ``x`` in training."""
@@ -83,9 +88,6 @@ class BitSerial(_BinaryLevels):
             plane = torch.bitwise_and(codes.to(torch.int32), 1 << bit).ne_(0).to(x.dtype)
             reads.append(self.read((1 << bit) / steps, plane, x, scale, seconds))
         return reads
-
-    def clipped(self, x: Tensor, scale: float, dac_bits: int | None) -> Tensor:
-        return (x > scale).sum()  # the code has a full scale even where the chip model leaves the DAC out
 
 
 class PulseWidth(_BinaryLevels):
@@ -118,21 +120,15 @@ class PulseWidth(_BinaryLevels):
         return x.pulse_step if x.pulse_step is not None else x.read_time
 
     def reads(self, x: Tensor, scale: float, dac_bits: int | None) -> list[Read]:
-        codes, steps = self.codes(x, scale, dac_bits)
-        if dac_bits is None:  # the model without converters: the pulse is as long as the input says
-            codes = x.detach().mul(steps / scale).clamp_(0.0, steps)
+        # without converters in the model the pulse is as long as the input says
+        codes, steps = self.codes(x, scale, dac_bits, rounded=dac_bits is not None)
         if self.target.wires.accepts_durations:
+            window, on = steps * self.pulse_step, (codes > 0).to(x.dtype)
             fraction = codes * (1.0 / steps)
             if x.requires_grad:
                 u = x.clamp(0.0, scale) * (1.0 / scale)
                 fraction = fraction + (u - u.detach())
-            on = (codes > 0).to(x.dtype)
-            read = Read(1.0, levels=self.levels(x), codes=on, durations=fraction, seconds=steps * self.pulse_step)
-            if x.requires_grad:
-                read = Read(1.0, on * self.target.crossbar.read_voltage, durations=fraction, seconds=steps * self.pulse_step)
-            return [read]
+                return [Read(1.0, on * self.target.crossbar.read_voltage, durations=fraction, seconds=window)]
+            return [Read(1.0, levels=self.levels(x), codes=on, durations=fraction, seconds=window)]
         return [self.read(1.0 / steps, (codes >= slot).to(x.dtype), x, scale, self.pulse_step, accumulates=slot < steps)
                 for slot in range(1, steps + 1)]
-
-    def clipped(self, x: Tensor, scale: float, dac_bits: int | None) -> Tensor:
-        return (x > scale).sum()
