@@ -154,6 +154,23 @@ def test_a_read_on_two_levels_is_driven_by_a_one_bit_dac() -> None:
     assert row["latency_s"] == pytest.approx(4 * 1e-7)  # the reads of a vector follow one another
 
 
+def test_a_pulse_width_window_read_slot_by_slot_is_converted_once() -> None:
+    """With wire resistance a 3-bit pulse-width window is read in 7 slots whose charge adds up before the ADC:
+    each slot's cells cost energy, but the window takes one DAC setting and one conversion per column, and its
+    latency is the 7 slots' time (they outlast the conversion), as with ideal wires, where it is one read."""
+    costs = {}
+    for wires in ({"model": "ideal"}, {"model": "resistive", "word_line_resistance": 1e-6, "bit_line_resistance": 1e-6}):
+        target = small_target("rram_a", input_encoding="pulse_width", dac_bits=3).with_changes(wires=wires)
+        summary, _ = measure(linear_exe(target), torch.rand(10, 24, generator=torch.Generator().manual_seed(3)))
+        costs[wires["model"]] = summary["per_inference"]
+    ideal, slots = costs["ideal"], costs["resistive"]
+    assert (slots["reads"], ideal["reads"]) == (7, 1)
+    for key in ("adc_conversions", "dac_conversions", "digital_ops"):
+        assert slots[key] == ideal[key], key
+    assert slots["latency_s"] == pytest.approx(ideal["latency_s"]) == pytest.approx(7 * 1e-7)
+    assert slots["cell_energy_J"] == pytest.approx(ideal["cell_energy_J"], rel=1e-3)  # almost no resistance: the same charge
+
+
 # --- the periphery, by hand ---------------------------------------------------------------------
 
 
