@@ -28,7 +28,7 @@ from rramc.executors import EXECUTORS, make_executor
 from rramc.frontend import import_module
 from rramc.hardware.currents import with_read_current
 from rramc.samples import models
-from rramc.sweep import SweepResult, run_sweep
+from rramc.sweep import SweepResult, pareto_front, run_sweep
 from rramc.training import TrainConfig, train_classifier
 
 NETWORKS = {"mlp": ("MLP 784-500-250-10", models.paper_mlp), "cnn": ("CNN (2 conv + BN + clipped ReLU)", models.mnist_cnn)}
@@ -130,9 +130,7 @@ def plot(designs: list[dict], folder: Path, dataset: str) -> None:
                     encoding = d["point"].split("=")[-1]
                     ax.scatter(d[cost], 100 * d["accuracy"], color=colors.get(encoding, "black"), s=30,
                                marker="o" if d["method"] == "naive" else "^")
-                front = sorted((d for d in here if not any(o["accuracy"] >= d["accuracy"] and o[cost] <= d[cost]
-                                                           and (o["accuracy"] > d["accuracy"] or o[cost] < d[cost]) for o in here)),
-                               key=lambda d: d[cost])
+                front = pareto_front(here, cost)
                 ax.step([d[cost] for d in front], [100 * d["accuracy"] for d in front], where="post", color="black", lw=0.8, alpha=0.5)
                 ax.set_xscale("log")
                 ax.xaxis.set_major_formatter(EngFormatter(unit=unit))

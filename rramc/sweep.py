@@ -116,10 +116,9 @@ class SweepResult:
                     designs.append({"point": point, "method": method, "accuracy": row[method],
                                     "energy_J": row[f"{method}_energy_J"], "latency_s": row[f"{method}_latency_s"]})
         for key in COST_COLUMNS:
+            front = {id(d) for d in pareto_front(designs, key)}
             for d in designs:
-                d[f"pareto_{key.split('_')[0]}"] = not any(
-                    o["accuracy"] >= d["accuracy"] and o[key] <= d[key] and (o["accuracy"] > d["accuracy"] or o[key] < d[key])
-                    for o in designs)
+                d[f"pareto_{key.split('_')[0]}"] = id(d) in front
         return designs
 
     def plot_pareto(self) -> bytes:
@@ -140,7 +139,7 @@ class SweepResult:
                 chosen = [d for d in designs if d["method"] == method]
                 if chosen:
                     ax.scatter([d[key] for d in chosen], [100 * d["accuracy"] for d in chosen], color=color, s=22, label=LABELS[method])
-            front = sorted((d for d in designs if d[f"pareto_{key.split('_')[0]}"]), key=lambda d: d[key])
+            front = pareto_front(designs, key)
             ax.step([d[key] for d in front], [100 * d["accuracy"] for d in front], where="post", color="black", lw=0.8, alpha=0.6)
             for d in front:
                 ax.scatter([d[key]], [100 * d["accuracy"]], facecolors="none", edgecolors="black", s=90, linewidths=1.2)
@@ -171,6 +170,14 @@ class SweepResult:
         for name, data in files.items():
             write_atomically(directory / name, data)
         return [directory / name for name in files]
+
+
+def pareto_front(designs: Sequence[dict[str, Any]], cost: str) -> list[dict[str, Any]]:
+    """The designs no other one beats: none at least as accurate and as cheap in ``cost`` (a key of
+    each design, e.g. ``energy_J``) and better in one of them; cheapest first."""
+    front = [d for d in designs if not any(o["accuracy"] >= d["accuracy"] and o[cost] <= d[cost]
+                                           and (o["accuracy"] > d["accuracy"] or o[cost] < d[cost]) for o in designs)]
+    return sorted(front, key=lambda d: d[cost])
 
 
 def parse_axis(text: str) -> tuple[str, list[Any]]:
