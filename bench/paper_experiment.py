@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import rramc
-from rramc.executors import EXECUTORS, make_executor
+from rramc.executors import EXECUTORS, gpus_per_task, make_executor
 from rramc.hardware.currents import with_read_current
 from rramc.sweep import SweepLog
 from rramc.samples import models
@@ -124,7 +124,7 @@ def main() -> None:
     except rramc.RramcError as exc:
         parser.error(str(exc))
     executor = make_executor(args.executor, jobs=args.jobs, address=args.address,
-                             gpus_per_task=1 if args.device.startswith("cuda") and args.executor == "ray" else 0)
+                             gpus_per_task=gpus_per_task(args.executor, args.device))
     print(f"{args.dataset}: {len(train)} train, {len(test)} test samples; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'network':36s} {'target':46s} {'ideal':>6s} {'naive':>6s} {'naive LS':>8s} {'recon':>6s} {'recon s':>8s}")
     for key in args.networks.split(","):

@@ -381,7 +381,7 @@ def sweep(
     sweep that dies loses none of them (--resume continues it).
     """
     from rramc.datasets import load_dataset
-    from rramc.executors import check_executor_options, make_executor
+    from rramc.executors import check_executor_options, gpus_per_task, make_executor
     from rramc.frontend import load_model
     from rramc.hardware import load_target
     from rramc.sweep import grid_targets, parse_axis, run_sweep
@@ -410,8 +410,8 @@ def sweep(
     from rramc.datasets import fit_inputs
 
     fit_inputs(test.images[:1], loaded_meta.graph.inputs[0].shape, name)
-    gpus = 1 if device.startswith("cuda") and executor == "ray" else 0
-    with make_executor(executor, jobs=jobs, address=address, gpus_per_task=gpus) as runner, _SweepProgress() as progress:
+    runner = make_executor(executor, jobs=jobs, address=address, gpus_per_task=gpus_per_task(executor, device))
+    with runner, _SweepProgress() as progress:
         output.mkdir(parents=True, exist_ok=True)  # once the executor stands: a refused one leaves nothing behind
         result = run_sweep(loaded_meta.graph, base, train, test, axes, epochs=epochs, optimizer=optimizer, lr=lr, seed=seed,
                            reconstruct=reconstruct, executor=runner, log=output / "sweep.jsonl", resume=resume, device=device,

@@ -283,6 +283,11 @@ def check_executor_options(name: str, jobs: int | None = None, address: str | No
         raise RramcError("--address is for --executor ray")
 
 
+def gpus_per_task(executor: str, device: str) -> float:
+    """GPUs a task asks of the executor: one per Ray task on a CUDA device (local pools share this machine's)."""
+    return 1 if executor == "ray" and device.startswith("cuda") else 0
+
+
 def make_executor(name: str, *, jobs: int | None = None, address: str | None = None, gpus_per_task: float = 0) -> Executor:
     """The executor ``name`` (see :data:`EXECUTORS`); ``jobs``: worker processes (processes) or CPUs of a local Ray."""
     check_executor_options(name, jobs, address)
