@@ -67,13 +67,8 @@ class Quantize(Pass):
         for node in graph.nodes_of(Linear, Conv2d):
             op = node.op
             assert isinstance(op, (Linear, Conv2d))
-            flat, per_column = op.weight.reshape(op.weight.shape[0], -1), plan.granularity == "column"
-            if plan.weight_slices is not None:
-                assert plan.slice_bits is not None
-                mapped = encoding.map_sliced(flat, per_column=per_column, slices=plan.weight_slices, bits=plan.slice_bits,
-                                             levels=plan.levels)
-            else:
-                mapped = encoding.map(flat, per_column=per_column, levels=plan.levels)
+            mapped = encoding.map_planned(op.weight.reshape(op.weight.shape[0], -1), per_column=plan.granularity == "column",
+                                          levels=plan.levels, slices=plan.weight_slices, slice_bits=plan.slice_bits)
             node.op = crossbar_op(op, weight=op.weight, bias=op.bias, g_pos=mapped.g_pos, g_neg=mapped.g_neg,
                                   conductance_per_weight=mapped.conductance_per_weight, weight_encoding=plan.weight_encoding,
                                   input_encoding=plan.input_encoding, dac_bits=plan.dac_bits, adc_bits=plan.adc_bits,

@@ -316,12 +316,9 @@ def mapped_layer(
         terms, per_weight = fast
         g_pos = g_neg = flat.new_empty(0)
     else:
-        if plan.weight_slices is not None:  # the digits are the chip's whether or not levels are in the loop
-            assert plan.slice_bits is not None
-            mapped = weights.map_sliced(flat, per_column=per_column, slices=plan.weight_slices, bits=plan.slice_bits,
-                                        levels=plan.levels if levels else None)
-        else:
-            mapped = weights.map(flat, per_column=per_column, levels=plan.levels if levels else None)
+        # a sliced weight's digits are the chip's whether or not its levels are in the loop
+        mapped = weights.map_planned(flat, per_column=per_column, levels=plan.levels if levels else None,
+                                     slices=plan.weight_slices, slice_bits=plan.slice_bits)
         terms, per_weight, g_pos, g_neg = None, mapped.conductance_per_weight, mapped.g_pos, mapped.g_neg
         write = cell_writer(target, generator) if variation else None
         if write is not None:

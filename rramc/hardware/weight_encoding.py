@@ -79,6 +79,14 @@ class WeightEncoding(ABC):
         """The conductances one chip instance holds: ``write`` draws variation and faults for cells."""
         return write(g_pos), write(g_neg)
 
+    def map_planned(self, weight: Tensor, *, per_column: bool, levels: int | None, slices: int | None,
+                    slice_bits: int | None) -> MappedWeights:
+        """:meth:`map`, or :meth:`map_sliced` when a mapping plan slices the weights (``slices`` not None)."""
+        if slices is None:
+            return self.map(weight, per_column=per_column, levels=levels)
+        assert slice_bits is not None
+        return self.map_sliced(weight, per_column=per_column, slices=slices, bits=slice_bits, levels=levels)
+
     def map_sliced(self, weight: Tensor, *, per_column: bool, slices: int, bits: int, levels: int | None) -> MappedWeights:
         """Conductances for ``weight`` spread over ``slices`` cell pairs of ``bits`` bits each: ``[inputs,
         outputs·slices]``, output ``j``'s slice ``s`` (least significant first) in column ``j·slices + s``."""
