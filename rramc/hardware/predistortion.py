@@ -41,6 +41,10 @@ class Predistorted(InputEncoding):
 
     name = "predistorted"
 
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        self._cast: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}  # the levels as each read's inputs are
+
     @classmethod
     def problem(cls, target: Target) -> tuple[str, str] | None:
         # Levels are found by bisection on V: the current must rise with V over [0, Vread] for every G.
@@ -84,8 +88,10 @@ class Predistorted(InputEncoding):
             return [Read(1.0, _continuous(self.target)(u)[..., 0].to(x.dtype))]
         steps = converters.dac_steps(dac_bits)
         codes = x.mul(steps / scale).clamp_(0.0, steps).round_()  # the codes amplitude's DAC gives
-        levels = self.levels(dac_bits).to(dtype=x.dtype, device=x.device)
-        return [Read(1.0, levels=levels, codes=codes, uniform=False)]
+        key = (dac_bits, x.dtype, x.device)
+        if key not in self._cast:
+            self._cast[key] = self.levels(dac_bits).to(dtype=x.dtype, device=x.device)
+        return [Read(1.0, levels=self._cast[key], codes=codes, uniform=False)]
 
 
 @functools.lru_cache(maxsize=32)
