@@ -43,11 +43,12 @@ class Unsupported(Exception):
     """Raised by a converter: this call cannot be imported, and why."""
 
 
-SUPPORTED_SUMMARY = (
+SUPPORTED: list[str] = [
     "Linear, Conv2d (groups=1, zero padding), ReLU, clipped ReLU (Hardtanh, ReLU6, clamp), max and average "
     "pooling, adaptive average pooling to a divisor of the input, flatten/view/reshape, BatchNorm (eval mode), "
-    "residual add of two activations, Dropout/Identity (removed)"
-)
+    "residual add of two activations, Dropout/Identity (removed)",
+]
+"""What the importer supports, in words, for the refusal message; converter modules add their line."""
 
 
 class Importer:
@@ -58,6 +59,9 @@ class Importer:
         self.graph = Graph()
         self.env: dict[torch.fx.Node, Any] = {}
         self._dry = False
+        # parameters by id: the original (kept alive, so ids stay unique) and the IR's float copy
+        self._weights: dict[int, tuple[Tensor, Tensor]] = {}
+        self._weight_owner: dict[int, str] = {}  # id of a float copy -> the node whose arrays it is programmed on
 
     # --- helpers used by converters ------------------------------------------------------------
 
@@ -90,13 +94,60 @@ class Importer:
         raise Unsupported(f"its {what} is computed at run time; rramc needs it as a parameter")
 
     def emit(self, node: torch.fx.Node, op: Any, inputs: list[Value]) -> Value:
+        """Add the one IR op a PyTorch call becomes, with the shape PyTorch computed for it."""
         if self._dry:
             return Value(node.name)
         path, kind = self.layer_of(node)
         name = path if node.op == "call_module" or isinstance(op, (Linear, Conv2d, BatchNorm)) else node.name
-        added = self.graph.add(name, op, [v.name for v in inputs], shape=self.shape(node),
-                               meta={"source": path, "module_type": kind})
+        shape = self.shape(node)
+        if self._checked_shape(op, inputs) != shape:
+            raise Unsupported(f"rramc computes a result of shape {list(self._checked_shape(op, inputs))} where PyTorch "
+                              f"gives {list(shape)}")
+        added = self.graph.add(name, op, [v.name for v in inputs], shape=shape, meta={"source": path, "module_type": kind})
+        self._own_weight(op, added.name)
         return Value(added.name)
+
+    def add(self, node: torch.fx.Node, op: Any, inputs: list[Value], suffix: str) -> Value:
+        """Add one op of an expansion (a PyTorch call that becomes several IR ops, e.g. attention or an
+        unrolled LSTM), named after the call's layer with ``suffix``; its shape is inferred and checked."""
+        if self._dry:
+            return Value(node.name)
+        path, kind = self.layer_of(node)
+        added = self.graph.add(f"{path}.{suffix}", op, [v.name for v in inputs], shape=self._checked_shape(op, inputs),
+                               meta={"source": path, "module_type": kind})
+        self._own_weight(op, added.name)
+        return Value(added.name)
+
+    def _own_weight(self, op: Any, name: str) -> None:
+        if isinstance(op, (Linear, Conv2d)) and op.shares is None:
+            self._weight_owner.setdefault(id(op.weight), name)
+
+    def linear(self, node: torch.fx.Node, x: Value, weight: Tensor, bias: Tensor | None, suffix: str) -> Value:
+        """A crossbar-mapped ``x @ weight.T + bias`` inside an expansion (attention projections, recurrent
+        gates), over the last dimension of ``x``. Calls with the same ``weight`` tensor object (a
+        recurrent net's steps, a module called twice) program one set of arrays: the later ones
+        share the first's."""
+        return self.add(node, self.weighted_op(Linear, weight, bias), [x], suffix)
+
+    def weighted_op(self, kind: type, weight: Tensor, bias: Tensor | None, **fields: Any) -> Any:
+        """A ``kind`` (Linear or Conv2d) op for a parameter: the IR keeps one float copy per parameter,
+        and a parameter met again is marked as sharing the arrays of the node it was first used by."""
+        w = self._weights.setdefault(id(weight), (weight, weight.detach().clone().float()))[1]
+        b = None if bias is None else self._weights.setdefault(id(bias), (bias, bias.detach().clone().float()))[1]
+        return kind(weight=w, bias=b, shares=self._weight_owner.get(id(w)), **fields)
+
+    def value_shape(self, value: Value) -> tuple[int, ...]:
+        """The per-sample shape of an activation already imported."""
+        return self.graph.node(value.name).shape
+
+    def _checked_shape(self, op: Any, inputs: list[Value]) -> tuple[int, ...]:
+        """The shape ``op`` computes from its operands'; a mismatch is the user's problem, said for the user."""
+        shapes = [self.value_shape(v) for v in inputs]
+        try:
+            op.verify(shapes)
+            return tuple(int(s) for s in op.infer_shape(shapes))
+        except (ValueError, IndexError, TypeError) as exc:
+            raise Unsupported(str(exc)) from None
 
     # --- driving -------------------------------------------------------------------------------
 
@@ -144,7 +195,7 @@ class Importer:
         if problems:
             raise FrontendError(
                 f"{self.source}: {len(problems)} unsupported operation(s):\n" + "\n".join(problems)
-                + f"\nrramc supports: {SUPPORTED_SUMMARY}."
+                + f"\nrramc supports: {'; '.join(SUPPORTED)}."
             )
         self.graph.remove_dead()
         return self.graph

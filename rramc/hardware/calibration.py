@@ -29,13 +29,8 @@ from rramc.hardware.lowering import Lowering
 from rramc.hardware.target import Target
 from rramc.hardware.tiling import TileGrid
 from rramc.ir import (
-    Add, AdaptiveAvgPool2d, AvgPool2d, Clamp, Conv2d, CrossbarOp, Graph, Input, InputRange, Linear, MaxPool2d, Node, Output,
-    ReLU, Reshape,
+    AdaptiveAvgPool2d, AvgPool2d, Bounds, Conv2d, CrossbarOp, Graph, Input, InputRange, Linear, MaxPool2d, Node, Reshape,
 )
-
-Bounds = tuple[float | None, float | None]
-"""(low, high) of an activation: None where the graph says nothing; ``-inf`` low for a graph
-input without a declared range (taken to be signed)."""
 
 SAMPLE_LIMIT = 1 << 24
 
@@ -43,31 +38,16 @@ SAMPLE_LIMIT = 1 << 24
 def value_bounds(graph: Graph) -> dict[str, Bounds]:
     """The range every activation is known to lie in from the ops (and declared inputs) alone.
 
-    A clipped ReLU bounds its output; pooling, reshapes and ReLU carry bounds through; a
-    residual add sums them.
+    Each op says what it does to its operands' bounds (:meth:`~rramc.ir.Op.bounds`): a clipped
+    ReLU bounds its output, pooling and reshapes carry bounds through, a residual add sums them.
     """
     bounds: dict[str, Bounds] = {}
     for node in graph:
         op = node.op
         if isinstance(op, Input):
             bounds[node.name] = op.value_range if op.value_range is not None else (-math.inf, None)
-            continue
-        lo, hi = bounds[node.inputs[0]] if node.inputs else (None, None)
-        if isinstance(op, Clamp):
-            lo = op.low if lo is None else (lo if op.low is None else max(lo, op.low))
-            hi = op.high if hi is None else (hi if op.high is None else min(hi, op.high))
-        elif isinstance(op, ReLU):
-            lo, hi = 0.0, None if hi is None else max(hi, 0.0)
-        elif isinstance(op, AvgPool2d) and op.count_include_pad and any(op.padding):
-            lo = None if lo is None else min(lo, 0.0)
-            hi = None if hi is None else max(hi, 0.0)
-        elif isinstance(op, Add):
-            lo2, hi2 = bounds[node.inputs[1]]
-            lo = None if lo is None or lo2 is None else lo + lo2
-            hi = None if hi is None or hi2 is None else hi + hi2
-        elif not isinstance(op, (Reshape, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Output)):
-            lo, hi = None, None
-        bounds[node.name] = (lo, hi)
+        else:
+            bounds[node.name] = op.bounds([bounds[name] for name in node.inputs])
     return bounds
 
 

@@ -1,7 +1,7 @@
 """One interpreter for every way a graph is executed: a kernel per mode, plus observers.
 
 The digital periphery (pooling, reshapes, activations, residual adds, per-channel affines) is
-computed exactly by :data:`DIGITAL_KERNELS` in every mode. Weighted layers (``linear``,
+computed exactly by each :class:`~rramc.ir.DigitalOp`'s own ``compute`` in every mode. Weighted layers (``linear``,
 ``conv2d`` and the crossbar ops) go to the mode's :class:`Kernel`:
 
 * :class:`FloatKernel` — the float network the chip is compared to (a layer retrained through a
@@ -16,7 +16,7 @@ Observers (:class:`~rramc.hardware.observers.Observer`) see every node and every
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
@@ -29,29 +29,8 @@ from rramc.hardware.layer import CrossbarLayer, mapped_layer
 from rramc.hardware.mapping import MappingPlan
 from rramc.hardware.observers import Observer
 from rramc.hardware.target import Target
-from rramc.ir import (
-    Add, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, ChannelAffine, Clamp, Conv2d, CrossbarConv2d, CrossbarOp,
-    Graph, Input, Linear, MaxPool2d, Node, Output, ReLU, Reshape,
-)
+from rramc.ir import Conv2d, CrossbarConv2d, CrossbarLinear, CrossbarOp, DigitalOp, Graph, Input, Linear, Node
 
-
-def _per_channel(x: Tensor, v: Tensor) -> Tensor:
-    return v.to(x).reshape(-1, *([1] * (x.dim() - 2)))
-
-
-DIGITAL_KERNELS: dict[type, Callable[..., Tensor]] = {
-    Output: lambda op, x: x,
-    Reshape: lambda op, x: x.reshape(x.shape[0], *op.shape),
-    ReLU: lambda op, x: torch.relu(x),
-    Clamp: lambda op, x: torch.clamp(x, op.low, op.high),
-    Add: lambda op, a, b: a + b,
-    ChannelAffine: lambda op, x: x * _per_channel(x, op.scale) + _per_channel(x, op.shift),
-    BatchNorm: lambda op, x: x * _per_channel(x, op.scale_and_shift()[0]) + _per_channel(x, op.scale_and_shift()[1]),
-    MaxPool2d: lambda op, x: F.max_pool2d(x, op.kernel_size, op.stride, op.padding, op.dilation, op.ceil_mode),
-    AvgPool2d: lambda op, x: F.avg_pool2d(x, op.kernel_size, op.stride, op.padding, op.ceil_mode, op.count_include_pad),
-    AdaptiveAvgPool2d: lambda op, x: F.adaptive_avg_pool2d(x, op.output_size),
-}
-"""Ops computed exactly by the digital periphery."""
 
 WEIGHTED = (Linear, Conv2d, CrossbarOp)
 
@@ -66,7 +45,7 @@ def float_layer(op: Linear | Conv2d | CrossbarOp, x: Tensor) -> Tensor:
 
 def executable_by_runtime(node: Node) -> bool:
     """Whether the interpreter can compute ``node`` on a chip (a crossbar op or a digital op)."""
-    return isinstance(node.op, (Input, CrossbarOp)) or type(node.op) in DIGITAL_KERNELS
+    return isinstance(node.op, (Input, CrossbarOp, DigitalOp))
 
 
 class Kernel(Protocol):
@@ -137,11 +116,13 @@ class Interpreter:
     def evaluate(self, node: Node, operands: list[Tensor]) -> Tensor:
         op = node.op
         if isinstance(op, WEIGHTED):
-            return self.kernel.weighted(node, operands[0])
-        kernel = DIGITAL_KERNELS.get(type(op))
-        if kernel is None:
+            x = operands[0]
+            if x.dim() > 2 and isinstance(op, (Linear, CrossbarLinear)):  # every token is one read of the same arrays
+                return self.kernel.weighted(node, x.reshape(-1, x.shape[-1])).unflatten(0, x.shape[:-1])
+            return self.kernel.weighted(node, x)
+        if not isinstance(op, DigitalOp):
             raise RuntimeSimulationError(f"the runtime has no kernel for op '{op.kind}' (%{node.name}, from {node.source})")
-        return kernel(op, *operands)
+        return op.compute(*operands)
 
     def __call__(self, *inputs: Tensor) -> Tensor:
         with torch.no_grad():

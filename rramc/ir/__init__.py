@@ -9,12 +9,14 @@ from rramc.ir.ops import (
     AdaptiveAvgPool2d,
     AvgPool2d,
     BatchNorm,
+    Bounds,
     ChannelAffine,
     Clamp,
     Conv2d,
     CrossbarConv2d,
     CrossbarLinear,
     CrossbarOp,
+    DigitalOp,
     Input,
     Linear,
     MaxPool2d,
@@ -29,7 +31,7 @@ from rramc.ir.parser import IRParseError, parse_graph
 from rramc.ir.printer import print_graph
 
 __all__ = [
-    "ATTRIBUTES", "Attribute", "DeviceTraining", "IRParseError", "InputRange", "parse_graph", "CROSSBAR_KINDS", "OPS", "Add", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm", "ChannelAffine",
+    "ATTRIBUTES", "Attribute", "DeviceTraining", "IRParseError", "InputRange", "parse_graph", "CROSSBAR_KINDS", "OPS", "Add", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm", "Bounds", "ChannelAffine", "DigitalOp",
     "Clamp", "Conv2d", "CrossbarConv2d", "CrossbarLinear", "CrossbarOp", "Graph", "Input", "Linear",
     "MaxPool2d", "Node", "Op", "Output", "ReLU", "Reshape", "Shape", "print_graph", "register_op",
 ]

@@ -166,8 +166,9 @@ class Graph:
                     f"invalid IR{where}: %{node.name} = {node.op.kind} (from {node.source}): {problem}"
                 )
 
-            if len(node.inputs) != node.op.arity:
-                raise fail(f"takes {node.op.arity} operands, has {len(node.inputs)}")
+            arity = node.op.arity
+            if len(node.inputs) != arity if arity is not None else not node.inputs:
+                raise fail(f"takes {arity if arity is not None else 'one or more'} operands, has {len(node.inputs)}")
             for i in node.inputs:
                 if i not in seen:
                     raise fail(f"operand %{i} is {'undefined' if i not in self._nodes else 'defined after its use'}")

@@ -19,11 +19,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from rramc.ir.attributes import Attribute, DeviceTraining, InputRange
 
 Shape = tuple[int, ...]
+Bounds = tuple[float | None, float | None]
+"""(low, high) of an activation's values: None where the graph says nothing; ``-inf`` low for a
+graph input without a declared range (taken to be signed)."""
 
 OPS: dict[str, type[Op]] = {}
 """Every op class by its ``kind``; filled by :func:`register_op`."""
@@ -42,7 +46,8 @@ class Op:
     """Base of all ops. Subclasses set ``kind`` and ``arity`` and override the shape hooks."""
 
     kind: ClassVar[str]
-    arity: ClassVar[int] = 1
+    arity: ClassVar[int | None] = 1
+    """Operands the op takes; None: one or more (e.g. ``concat``)."""
 
     def infer_shape(self, operands: list[Shape]) -> Shape:
         return operands[0]
@@ -55,11 +60,41 @@ class Op:
         _check_attributes(self)
         self.verify_(operands)
 
+    def bounds(self, operands: list[Bounds]) -> Bounds:
+        """The range the result is known to lie in, given its operands' (the default: nothing known).
+
+        Calibration reads it to decide, from the graph alone, whether a crossbar layer's inputs are
+        signed and what their full scale is (see :func:`rramc.hardware.calibration.value_bounds`).
+        """
+        return (None, None)
+
     def attributes(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def replace(self, **changes: Any) -> Op:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(eq=False, kw_only=True)
+class DigitalOp(Op):
+    """An op the chip's digital periphery computes exactly, in every execution mode.
+
+    :meth:`compute` takes batched operands (the batch dimension first) and must be differentiable:
+    ``reconstruct`` trains through it.
+    """
+
+    def compute(self, *operands: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not define compute()")
+
+
+def _carried(operands: list[Bounds]) -> Bounds:
+    """Bounds an op leaves as they are (reshapes, max pooling, averages without padding)."""
+    return operands[0]
+
+
+def _per_channel(x: Tensor, v: Tensor) -> Tensor:
+    """A per-channel vector shaped to broadcast against batched activations ``[batch, channels, ...]``."""
+    return v.to(x).reshape(-1, *([1] * (x.dim() - 2)))
 
 
 def _pair(value: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
@@ -82,6 +117,16 @@ def _window_out(size: int, kernel: int, stride: int, padding: int, dilation: int
 def _expect_rank(operands: list[Shape], rank: int, what: str) -> None:
     if len(operands[0]) != rank:
         raise ValueError(f"{what} needs a rank-{rank} operand per sample, got shape {list(operands[0])}")
+
+
+def _verify_linear(weight: Tensor, bias: Tensor | None, operands: list[Shape], what: str) -> None:
+    if not operands[0]:
+        raise ValueError(f"{what} needs samples of rank 1 or more, got a scalar per sample")
+    features = operands[0][-1]
+    if weight.dim() != 2 or weight.shape[1] != features:
+        raise ValueError(f"weight {list(weight.shape)} does not take {features} input features "
+                         f"(each sample has shape {list(operands[0])}; a linear layer acts on the last dimension)")
+    _check_vector("bias", bias, weight.shape[0])
 
 
 def _check_vector(name: str, value: Tensor | None, length: int) -> None:
@@ -121,20 +166,27 @@ class Input(Op):
 
 @register_op
 @dataclass(eq=False, kw_only=True)
-class Output(Op):
+class Output(DigitalOp):
     """The network's result; exactly one per graph, last."""
 
     kind: ClassVar[str] = "output"
+
+    def compute(self, x: Tensor) -> Tensor:
+        return x
+
+    bounds = staticmethod(_carried)  # type: ignore[assignment]
 
 
 @register_op
 @dataclass(eq=False, kw_only=True)
 class Linear(Op):
-    """``y = x @ weight.T + bias`` on a flat feature vector.
+    """``y = x @ weight.T + bias`` over the last dimension of each sample: a feature vector, or
+    every token of a sequence (``[tokens, features]`` → ``[tokens, outputs]``), each its own read.
 
     ``trained_for`` marks a layer retrained through a device (its float model is then the
     device-aware one) and ``input_range`` the input range it was trained with, which the
-    crossbar op it is lowered to keeps.
+    crossbar op it is lowered to keeps. ``shares`` names an earlier node whose weights this one
+    applies again (a module called twice, a recurrent net's steps): the chip programs them once.
     """
 
     kind: ClassVar[str] = "linear"
@@ -142,15 +194,13 @@ class Linear(Op):
     bias: Tensor | None = None
     input_range: InputRange | None = None
     trained_for: DeviceTraining | None = None
+    shares: str | None = None
 
     def infer_shape(self, operands: list[Shape]) -> Shape:
-        return (self.weight.shape[0],)
+        return (*operands[0][:-1], self.weight.shape[0])
 
     def verify_(self, operands: list[Shape]) -> None:
-        _expect_rank(operands, 1, "linear")
-        if self.weight.dim() != 2 or self.weight.shape[1] != operands[0][0]:
-            raise ValueError(f"weight {list(self.weight.shape)} does not take {operands[0][0]} inputs")
-        _check_vector("bias", self.bias, self.weight.shape[0])
+        _verify_linear(self.weight, self.bias, operands, "linear")
 
 
 @dataclass(eq=False, kw_only=True)
@@ -181,6 +231,7 @@ class Conv2d(_ConvGeometry, Op):
     bias: Tensor | None = None
     input_range: InputRange | None = None
     trained_for: DeviceTraining | None = None
+    shares: str | None = None
 
     def infer_shape(self, operands: list[Shape]) -> Shape:
         return self.conv_out_shape(operands[0], self.weight.shape[0], tuple(self.weight.shape[2:]))
@@ -196,7 +247,7 @@ class Conv2d(_ConvGeometry, Op):
 
 @register_op
 @dataclass(eq=False, kw_only=True)
-class BatchNorm(Op):
+class BatchNorm(DigitalOp):
     """Inference-mode batch normalisation over the first (channel) dimension."""
 
     kind: ClassVar[str] = "batch_norm"
@@ -221,15 +272,22 @@ class BatchNorm(Op):
             shift = shift + self.bias
         return scale, shift
 
+    def compute(self, x: Tensor) -> Tensor:
+        scale, shift = self.scale_and_shift()
+        return x * _per_channel(x, scale) + _per_channel(x, shift)
+
 
 @register_op
 @dataclass(eq=False, kw_only=True)
-class ChannelAffine(Op):
+class ChannelAffine(DigitalOp):
     """``y = x * scale + shift`` per channel (first dimension), computed digitally."""
 
     kind: ClassVar[str] = "channel_affine"
     scale: Tensor
     shift: Tensor
+
+    def compute(self, x: Tensor) -> Tensor:
+        return x * _per_channel(x, self.scale) + _per_channel(x, self.shift)
 
     def verify_(self, operands: list[Shape]) -> None:
         _check_vector("scale", self.scale, operands[0][0])
@@ -238,13 +296,20 @@ class ChannelAffine(Op):
 
 @register_op
 @dataclass(eq=False, kw_only=True)
-class ReLU(Op):
+class ReLU(DigitalOp):
     kind: ClassVar[str] = "relu"
+
+    def compute(self, x: Tensor) -> Tensor:
+        return torch.relu(x)
+
+    def bounds(self, operands: list[Bounds]) -> Bounds:
+        hi = operands[0][1]
+        return (0.0, None if hi is None else max(hi, 0.0))
 
 
 @register_op
 @dataclass(eq=False, kw_only=True)
-class Clamp(Op):
+class Clamp(DigitalOp):
     """Clipped activation ``min(max(x, low), high)``; either bound may be None."""
 
     kind: ClassVar[str] = "clamp"
@@ -255,9 +320,18 @@ class Clamp(Op):
         if self.low is not None and self.high is not None and self.low > self.high:
             raise ValueError(f"low bound {self.low} is above high bound {self.high}")
 
+    def compute(self, x: Tensor) -> Tensor:
+        return torch.clamp(x, self.low, self.high)
+
+    def bounds(self, operands: list[Bounds]) -> Bounds:
+        lo, hi = operands[0]
+        lo = self.low if lo is None else (lo if self.low is None else max(lo, self.low))
+        hi = self.high if hi is None else (hi if self.high is None else min(hi, self.high))
+        return (lo, hi)
+
 
 @dataclass(eq=False, kw_only=True)
-class _Pool2d(Op):
+class _Pool2d(DigitalOp):
     kernel_size: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int] = (0, 0)
@@ -293,6 +367,11 @@ class MaxPool2d(_Pool2d):
     def _dilation(self) -> tuple[int, int]:
         return self.dilation
 
+    def compute(self, x: Tensor) -> Tensor:
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    bounds = staticmethod(_carried)  # type: ignore[assignment]
+
 
 @register_op
 @dataclass(eq=False, kw_only=True)
@@ -300,10 +379,20 @@ class AvgPool2d(_Pool2d):
     kind: ClassVar[str] = "avg_pool2d"
     count_include_pad: bool = True
 
+    def compute(self, x: Tensor) -> Tensor:
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
+
+    def bounds(self, operands: list[Bounds]) -> Bounds:
+        lo, hi = operands[0]
+        if self.count_include_pad and any(self.padding):  # the zero padding is averaged in
+            lo = None if lo is None else min(lo, 0.0)
+            hi = None if hi is None else max(hi, 0.0)
+        return (lo, hi)
+
 
 @register_op
 @dataclass(eq=False, kw_only=True)
-class AdaptiveAvgPool2d(Op):
+class AdaptiveAvgPool2d(DigitalOp):
     """Average pooling to a fixed output size; canonicalize rewrites it as ``avg_pool2d``."""
 
     kind: ClassVar[str] = "adaptive_avg_pool2d"
@@ -315,10 +404,15 @@ class AdaptiveAvgPool2d(Op):
     def verify_(self, operands: list[Shape]) -> None:
         _expect_rank(operands, 3, "adaptive_avg_pool2d")
 
+    def compute(self, x: Tensor) -> Tensor:
+        return F.adaptive_avg_pool2d(x, self.output_size)
+
+    bounds = staticmethod(_carried)  # type: ignore[assignment]
+
 
 @register_op
 @dataclass(eq=False, kw_only=True)
-class Reshape(Op):
+class Reshape(DigitalOp):
     """View each sample with a new shape (flatten, view, reshape)."""
 
     kind: ClassVar[str] = "reshape"
@@ -331,10 +425,15 @@ class Reshape(Op):
         if math.prod(self.shape) != math.prod(operands[0]):
             raise ValueError(f"cannot reshape {list(operands[0])} to {list(self.shape)}")
 
+    def compute(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+    bounds = staticmethod(_carried)  # type: ignore[assignment]
+
 
 @register_op
 @dataclass(eq=False, kw_only=True)
-class Add(Op):
+class Add(DigitalOp):
     """Elementwise sum of two activations of the same shape (residual connections)."""
 
     kind: ClassVar[str] = "add"
@@ -343,6 +442,13 @@ class Add(Op):
     def verify_(self, operands: list[Shape]) -> None:
         if operands[0] != operands[1]:
             raise ValueError(f"operand shapes differ: {list(operands[0])} and {list(operands[1])}")
+
+    def compute(self, a: Tensor, b: Tensor) -> Tensor:
+        return a + b
+
+    def bounds(self, operands: list[Bounds]) -> Bounds:
+        (lo, hi), (lo2, hi2) = operands
+        return (None if lo is None or lo2 is None else lo + lo2, None if hi is None or hi2 is None else hi + hi2)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -372,6 +478,10 @@ class CrossbarOp(Op):
     (output ``j``'s slice ``s`` in column ``j·weight_slices + s``), each with its own ADC, and the
     digitised slices are added with the weights :meth:`slice_weights` (shift-and-add) before the
     neuron. Tiles, places and ADC ranges count columns; gain, offset and bias count outputs.
+
+    ``shares`` (see :class:`Linear`) names the node whose arrays this one reads again: its
+    conductances, tiles and places are that node's (the same tensors), programmed once; its
+    periphery settings (input range, gain, ADC ranges) are its own.
     """
 
     weight: Tensor
@@ -394,6 +504,7 @@ class CrossbarOp(Op):
     col_place: Tensor | None = None
     weight_slices: int | None = None
     slice_bits: int | None = None
+    shares: str | None = None
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -509,17 +620,18 @@ def _check_splits(name: str, splits: tuple[int, ...] | None, size: int) -> None:
 @register_op
 @dataclass(eq=False, kw_only=True)
 class CrossbarLinear(CrossbarOp):
-    """``linear`` mapped onto crossbar arrays."""
+    """``linear`` mapped onto crossbar arrays (over the last dimension of each sample, like ``linear``)."""
 
     kind: ClassVar[str] = "xbar.linear"
 
     def infer_shape(self, operands: list[Shape]) -> Shape:
-        return (self.matrix_shape[1],)
+        return (*operands[0][:-1], self.matrix_shape[1])
 
     def verify_(self, operands: list[Shape]) -> None:
-        _expect_rank(operands, 1, "xbar.linear")
-        if operands[0][0] != self.matrix_shape[0]:
-            raise ValueError(f"{operands[0][0]} inputs for {self.matrix_shape[0]} word lines")
+        if not operands[0]:
+            raise ValueError("xbar.linear needs samples of rank 1 or more")
+        if operands[0][-1] != self.matrix_shape[0]:
+            raise ValueError(f"{operands[0][-1]} inputs for {self.matrix_shape[0]} word lines")
         self.verify_mapping()
 
 
