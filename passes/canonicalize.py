@@ -10,13 +10,18 @@ from rramc.ir import AdaptiveAvgPool2d, AvgPool2d, BatchNorm, ChannelAffine, Cla
 from rramc.pipeline import CompileContext, Pass, option
 
 
+def _shares_arrays(graph: Graph, name: str) -> bool:
+    """Whether layer ``name`` reads arrays another layer reads too (its weights cannot change alone)."""
+    return graph.node(name).op.shares is not None or any(getattr(n.op, "shares", None) == name for n in graph)
+
+
 @dataclass(frozen=True)
 class Canonicalize(Pass):
     """Fold BatchNorm into the preceding layer and normalise activations, pooling and reshapes.
 
     Needs: any verified graph. Guarantees, without changing what the graph computes (up to float
     rounding): no ``batch_norm`` (folded into the ``linear``/``conv2d`` that feeds it alone, else
-    a digital ``channel_affine``); ``relu`` followed by ``clamp`` becomes one clipped ReLU
+    a digital ``channel_affine``, also where the layer shares its arrays with another); ``relu`` followed by ``clamp`` becomes one clipped ReLU
     ``clamp(0, hi)``; ``adaptive_avg_pool2d`` with an exact window becomes ``avg_pool2d``;
     chains of reshapes become one, no-op reshapes and dead nodes are removed.
     """
@@ -41,7 +46,8 @@ class Canonicalize(Pass):
         assert isinstance(node.op, BatchNorm)
         scale, shift = node.op.scale_and_shift()
         producer = graph.node(node.inputs[0])
-        if self.fold_batch_norm and isinstance(producer.op, (Linear, Conv2d)) and len(graph.users(producer.name)) == 1:
+        if self.fold_batch_norm and isinstance(producer.op, (Linear, Conv2d)) and len(graph.users(producer.name)) == 1 \
+                and not _shares_arrays(graph, producer.name):
             w, b = producer.op.weight, producer.op.bias
             folded_w = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
             folded_b = (b if b is not None else torch.zeros_like(shift)) * scale + shift

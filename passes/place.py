@@ -41,6 +41,11 @@ class Place(Pass):
         for node in graph.nodes_of(CrossbarOp):
             op = node.op
             assert isinstance(op, CrossbarOp) and op.row_splits is not None and op.col_splits is not None
+            if op.shares is not None:  # the same arrays: the same places
+                owner = graph.node(op.shares).op
+                assert isinstance(owner, CrossbarOp)
+                node.op = replace(op, row_place=owner.row_place, col_place=owner.col_place, adc_range=None)
+                continue
             g = torch.stack([op.g_pos, op.g_neg]).double()
             current = device.current(torch.full_like(g, voltage), g).abs().sum(0)  # [word lines, outputs]: both cells
             row_place = _ranks(current.sum(1), op.row_splits) if self.rows else None

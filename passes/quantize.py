@@ -9,7 +9,7 @@ from rramc.hardware.input_encoding import INPUT_ENCODINGS
 from rramc.hardware.layer import crossbar_op
 from rramc.hardware.mapping import MappingPlan
 from rramc.hardware.weight_encoding import WEIGHT_ENCODINGS
-from rramc.ir import Conv2d, Graph, Linear
+from rramc.ir import Conv2d, Graph, Linear, weight_matrix
 from rramc.pipeline import CompileContext, Pass, option
 
 
@@ -64,14 +64,19 @@ class Quantize(Pass):
         caveat = INPUT_ENCODINGS.get(plan.input_encoding)(ctx.target).caveat(plan.dac_bits, plan.adc_bits)
         if caveat is not None:
             ctx.warn(f"input encoding {plan.input_encoding} on {ctx.target.name}: {caveat}")
+        mappings = {}  # by node: a layer that shares another's arrays is given the same conductances
         for node in graph.nodes_of(Linear, Conv2d):
             op = node.op
             assert isinstance(op, (Linear, Conv2d))
-            mapped = encoding.map_planned(op.weight.reshape(op.weight.shape[0], -1), per_column=plan.granularity == "column",
-                                          levels=plan.levels, slices=plan.weight_slices, slice_bits=plan.slice_bits)
+            if op.shares is not None:
+                mappings[node.name] = mapped = mappings[op.shares]
+            else:
+                matrix = weight_matrix(op.weight, getattr(op, "groups", 1))
+                mappings[node.name] = mapped = encoding.map_planned(matrix, per_column=plan.granularity == "column", levels=plan.levels,
+                                                                    slices=plan.weight_slices, slice_bits=plan.slice_bits)
             node.op = crossbar_op(op, weight=op.weight, bias=op.bias, g_pos=mapped.g_pos, g_neg=mapped.g_neg,
                                   conductance_per_weight=mapped.conductance_per_weight, weight_encoding=plan.weight_encoding,
                                   input_encoding=plan.input_encoding, dac_bits=plan.dac_bits, adc_bits=plan.adc_bits,
                                   input_range=op.input_range, trained_for=op.trained_for, weight_slices=plan.weight_slices,
-                                  slice_bits=plan.slice_bits)
+                                  slice_bits=plan.slice_bits, shares=op.shares)
         return graph

@@ -51,6 +51,9 @@ class Tile(Pass):
             n_rows, n_cols = op.matrix_shape[0], op.columns  # a bit-sliced weight's slices are columns of their own
             node.op = op = replace(op, row_splits=split_points(n_rows, rows, self.balance),
                                    col_splits=split_points(n_cols, cols, self.balance), adc_range=None)
+            if op.shares is not None:  # reads the arrays of the layer it shares
+                node.meta["arrays"] = list(graph.node(op.shares).meta["arrays"])
+                continue
             count = len(op.tiles())
             node.meta["arrays"] = list(range(next_array, next_array + count))
             next_array += count

@@ -49,7 +49,7 @@ def test_shapes_are_inferred_and_names_made_unique() -> None:
     ("breaks", "message"),
     [
         (lambda g: setattr(g.node("fc"), "shape", (9,)), "recorded shape [9] but the op computes [8]"),
-        (lambda g: setattr(g.node("fc"), "op", Linear(weight=torch.ones(8, 15))), "does not take 16 inputs"),
+        (lambda g: setattr(g.node("fc"), "op", Linear(weight=torch.ones(8, 15))), "does not take 16 input features"),
         (lambda g: setattr(g.node("act"), "inputs", ["missing"]), "operand %missing is undefined"),
         (lambda g: setattr(g.node("act"), "inputs", ["fc", "flat"]), "takes 1 operands, has 2"),
         (lambda g: setattr(g.node("act"), "op", Clamp(low=2.0, high=1.0)), "low bound 2.0 is above high bound 1.0"),

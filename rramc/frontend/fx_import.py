@@ -26,7 +26,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from rramc.errors import FrontendError
 from rramc.ir import (
     Add, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Clamp, Conv2d, Graph, Input, Linear, MaxPool2d, Output, ReLU,
-    Reshape,
+    Reshape, ZeroPad2d,
 )
 
 aten = torch.ops.aten
@@ -62,6 +62,7 @@ class Importer:
         # parameters by id: the original (kept alive, so ids stay unique) and the IR's float copy
         self._weights: dict[int, tuple[Tensor, Tensor]] = {}
         self._weight_owner: dict[int, str] = {}  # id of a float copy -> the node whose arrays it is programmed on
+        self._derived: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}  # see derived()
 
     # --- helpers used by converters ------------------------------------------------------------
 
@@ -88,6 +89,20 @@ class Importer:
             raise Unsupported(f"its {what} is a constant, not an activation computed from the network's input")
         return value
 
+    def parameter(self, value: Any, what: str) -> Tensor | None:
+        """A weight or bias given as a tensor (None stays None); one computed at run time is refused."""
+        if value is None or isinstance(value, Tensor):
+            return value
+        raise Unsupported(f"its {what} is computed at run time; rramc needs it as a parameter")
+
+    def derived(self, tensor: Tensor, how: str, compute: Callable[[], Tensor]) -> Tensor:
+        """``compute()``, a tensor derived from parameter ``tensor`` (a transpose, a reshape), made once per
+        parameter: a parameter used twice stays one tensor, and one set of arrays."""
+        key = (id(tensor), how)
+        if key not in self._derived:
+            self._derived[key] = (tensor, compute())
+        return self._derived[key][1]
+
     def tensor(self, value: Any, what: str) -> Tensor | None:
         if value is None or isinstance(value, Tensor):
             return None if value is None else value.detach().clone().float()
@@ -107,13 +122,14 @@ class Importer:
         self._own_weight(op, added.name)
         return Value(added.name)
 
-    def add(self, node: torch.fx.Node, op: Any, inputs: list[Value], suffix: str) -> Value:
+    def add(self, node: torch.fx.Node, op: Any, inputs: list[Value], suffix: str | None) -> Value:
         """Add one op of an expansion (a PyTorch call that becomes several IR ops, e.g. attention or an
-        unrolled LSTM), named after the call's layer with ``suffix``; its shape is inferred and checked."""
+        unrolled LSTM), named after the call's layer with ``suffix`` (None: the layer's own name, for the
+        op that computes what the layer is); its shape is inferred and checked."""
         if self._dry:
             return Value(node.name)
         path, kind = self.layer_of(node)
-        added = self.graph.add(f"{path}.{suffix}", op, [v.name for v in inputs], shape=self._checked_shape(op, inputs),
+        added = self.graph.add(path if suffix is None else f"{path}.{suffix}", op, [v.name for v in inputs], shape=self._checked_shape(op, inputs),
                                meta={"source": path, "module_type": kind})
         self._own_weight(op, added.name)
         return Value(added.name)
@@ -205,8 +221,8 @@ class Importer:
 
         Failed operands stand in as activations; nothing is added to the graph.
         """
-        if node.op not in ("call_module", "call_function", "call_method"):
-            return None
+        if node.op not in ("call_module", "call_function", "call_method") or node.target is operator.getitem:
+            return None  # taking an element of a failed call's result repeats that call's problem
         self.env.update({n: Value(n.name) for n in node.all_input_nodes if n in failed})
         self._dry = True
         try:
@@ -277,31 +293,115 @@ def _ints(value: Any, n: int = 2) -> tuple[int, ...]:
 
 def _linear(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: Any = None) -> Value:
     x = imp.activation(input)
-    return imp.emit(node, Linear(weight=imp.tensor(weight, "weight"), bias=imp.tensor(bias, "bias")), [x])
+    return imp.emit(node, imp.weighted_op(Linear, imp.parameter(weight, "weight"), imp.parameter(bias, "bias")), [x])
+
+
+def _same_padding(weight: Tensor, stride: tuple[int, ...], dilation: tuple[int, ...]) -> list[tuple[int, int]]:
+    """PyTorch's ``padding='same'`` per spatial dim as (before, after): the extra zero of an even span goes after."""
+    if any(s != 1 for s in stride):
+        raise Unsupported("padding='same' needs stride 1 (PyTorch's own rule)")
+    spans = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
+    return [(span // 2, span - span // 2) for span in spans]
 
 
 def _conv2d(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: Any = None, stride: Any = 1,
             padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Value:
     x = imp.activation(input)
-    w = imp.tensor(weight, "weight")
+    w = imp.parameter(weight, "weight")
     assert w is not None
-    if groups != 1:
-        raise Unsupported(f"grouped convolution (groups={groups}) is not supported")
-    if isinstance(padding, str):
-        if padding == "valid":
+    stride, dilation = _ints(stride), _ints(dilation)
+    if isinstance(padding, str) and padding == "valid":
+        padding = 0
+    if isinstance(padding, str):  # 'same'
+        pads = _same_padding(w, stride, dilation)
+        if all(before == after for before, after in pads):
+            padding = tuple(before for before, _ in pads)
+        else:  # an even kernel: PyTorch pads one more zero after; the digital periphery pads, the crossbar convolves
+            (top, bottom), (left, right) = pads
+            x = imp.add(node, ZeroPad2d(padding=(top, bottom, left, right)), [x], "pad")
             padding = 0
-        elif all(s == 1 for s in _ints(stride)) and all(d * (k - 1) % 2 == 0 for d, k in zip(_ints(dilation), w.shape[2:])):
-            padding = tuple(d * (k - 1) // 2 for d, k in zip(_ints(dilation), w.shape[2:]))
-        else:
-            raise Unsupported("padding='same' that is not symmetric is not supported")
-    op = Conv2d(weight=w, bias=imp.tensor(bias, "bias"), stride=_ints(stride), padding=_ints(padding), dilation=_ints(dilation))
+    op = imp.weighted_op(Conv2d, w, imp.parameter(bias, "bias"), stride=stride, padding=_ints(padding), dilation=dilation,
+                         groups=int(groups))
     return imp.emit(node, op, [x])
+
+
+def _conv_transpose2d(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: Any = None, stride: Any = 1,
+                      padding: Any = 0, output_padding: Any = 0, groups: int = 1, dilation: Any = 1) -> Value:
+    """A transposed convolution as the chip computes it: the digital periphery spreads the input's pixels
+    ``stride`` apart and pads the borders, and the crossbar applies an ordinary stride-1 convolution
+    with the flipped kernel (weights ``[in, out/groups, kh, kw]`` rearranged to ``[out, in/groups, kh, kw]``)."""
+    x = imp.activation(input)
+    w = imp.parameter(weight, "weight")
+    assert w is not None
+    stride, padding, output_padding, dilation = _ints(stride), _ints(padding), _ints(output_padding), _ints(dilation)
+    per_group = w.shape[0] // groups
+    kernel = imp.derived(w, "transposed", lambda: torch.cat([w[g * per_group:(g + 1) * per_group].transpose(0, 1)
+                                                             for g in range(groups)]).flip(2, 3).contiguous())
+    span = [d * (k - 1) for d, k in zip(dilation, w.shape[2:])]
+    (top, left), (bottom, right) = [s - p for s, p in zip(span, padding)], [s - p + o for s, p, o in zip(span, padding, output_padding)]
+    spread = imp.add(node, ZeroPad2d(padding=(top, bottom, left, right), spacing=stride), [x], "spread")
+    op = imp.weighted_op(Conv2d, kernel, imp.parameter(bias, "bias"), dilation=dilation, groups=int(groups))
+    return imp.emit(node, op, [spread])
+
+
+def _as_2d(imp: Importer, node: torch.fx.Node, x: Value, convert: Callable[[Value], Value]) -> Value:
+    """A 1-D layer (``[channels, length]`` samples) computed as its 2-D form on ``[channels, 1, length]``."""
+    channels, length = imp.value_shape(x)
+    wide = imp.add(node, Reshape(shape=(channels, 1, length)), [x], "as_2d")
+    result = convert(wide)
+    out_channels, _, out_length = imp.value_shape(result)
+    return imp.add(node, Reshape(shape=(out_channels, out_length)), [result], "as_1d")
+
+
+def _conv1d(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: Any = None, stride: Any = 1,
+            padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Value:
+    x = imp.activation(input)
+    if len(imp.value_shape(x)) != 2:
+        raise Unsupported(f"conv1d takes samples of shape [channels, length], got {list(imp.value_shape(x))}")
+    w = imp.parameter(weight, "weight")
+    assert w is not None
+    kernel = imp.derived(w, "as_2d", lambda: w.unsqueeze(2))
+    pad = padding if isinstance(padding, str) else (0, _ints(padding, 1)[0])
+
+    def conv(wide: Value) -> Value:
+        return _conv2d_expanded(imp, node, wide, kernel, bias, (1, _ints(stride, 1)[0]), pad, (1, _ints(dilation, 1)[0]), groups)
+
+    return _as_2d(imp, node, x, conv)
+
+
+def _conv2d_expanded(imp: Importer, node: torch.fx.Node, x: Value, weight: Tensor, bias: Any, stride: Any, padding: Any,
+                     dilation: Any, groups: int) -> Value:
+    """:func:`_conv2d` inside an expansion (its result shape is inferred, not PyTorch's for the call)."""
+    if isinstance(padding, str):
+        pads = _same_padding(weight, _ints(stride), _ints(dilation)) if padding == "same" else [(0, 0), (0, 0)]
+        (top, bottom), (left, right) = pads
+        if (top, left) != (bottom, right):
+            x = imp.add(node, ZeroPad2d(padding=(top, bottom, left, right)), [x], "pad")
+            padding = 0
+        else:
+            padding = (top, left)
+    op = imp.weighted_op(Conv2d, weight, imp.parameter(bias, "bias"), stride=_ints(stride), padding=_ints(padding),
+                         dilation=_ints(dilation), groups=int(groups))
+    return imp.add(node, op, [x], None)
+
+
+def _conv_transpose1d(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: Any = None, stride: Any = 1,
+                      padding: Any = 0, output_padding: Any = 0, groups: int = 1, dilation: Any = 1) -> Value:
+    raise Unsupported("transposed 1-D convolution is not supported (ConvTranspose2d is)")
 
 
 def _convolution(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
                  dilation: Any, transposed: bool, output_padding: Any, groups: int) -> Value:
+    w = imp.parameter(weight, "weight")
+    assert w is not None
+    if w.dim() == 3:
+        if transposed:
+            return _conv_transpose1d(imp, node, input, weight)
+        return _conv1d(imp, node, input, weight, bias, stride, padding, dilation, groups)
+    if w.dim() != 4:
+        raise Unsupported(f"{w.dim() - 2}-D convolution is not supported (1-D and 2-D are)")
     if transposed:
-        raise Unsupported("transposed convolution is not supported")
+        return _conv_transpose2d(imp, node, input, weight, bias, stride, padding, output_padding, groups, dilation)
     return _conv2d(imp, node, input, weight, bias, stride, padding, dilation, groups)
 
 
@@ -309,13 +409,22 @@ def _addmm(imp: Importer, node: torch.fx.Node, bias: Any, input: Any, mat2: Any,
     # Core ATen spells linear as addmm(bias, x, weight.T).
     if beta != 1 or alpha != 1 or not isinstance(mat2, Tensor):
         raise Unsupported("only addmm(bias, x, weight.T) with constant weights (a linear layer) is supported")
-    return _linear(imp, node, input, mat2.T, bias)
+    return _linear(imp, node, input, imp.derived(mat2, "T", lambda: mat2.T), bias)
 
 
 def _mm(imp: Importer, node: torch.fx.Node, input: Any, mat2: Any) -> Value:
     if not isinstance(mat2, Tensor):
         raise Unsupported("only x @ weight.T with constant weights (a linear layer) is supported")
-    return _linear(imp, node, input, mat2.T)
+    return _linear(imp, node, input, imp.derived(mat2, "T", lambda: mat2.T))
+
+
+def _matmul(imp: Importer, node: torch.fx.Node, input: Any, other: Any) -> Value:
+    """``x @ W`` with a constant ``W`` (2-D) is a linear layer on the crossbar, over ``x``'s last dimension."""
+    if isinstance(input, Value) and isinstance(other, Tensor):
+        if other.dim() != 2:
+            raise Unsupported(f"x @ W with a {other.dim()}-D constant W is not supported (2-D W is a linear layer)")
+        return _linear(imp, node, input, imp.derived(other, "T", lambda: other.T))
+    raise Unsupported("only x @ W with a constant 2-D W (a linear layer) is supported here")
 
 
 def _fold_parameter(function: Callable[..., Tensor]) -> Callable[..., Any]:
@@ -464,10 +573,19 @@ def _module_linear(imp: Importer, node: torch.fx.Node, m: nn.Linear, x: Any) -> 
     return _linear(imp, node, x, m.weight, m.bias)
 
 
-def _module_conv(imp: Importer, node: torch.fx.Node, m: nn.Conv2d, x: Any) -> Value:
+def _module_conv(imp: Importer, node: torch.fx.Node, m: nn.Conv1d | nn.Conv2d, x: Any) -> Value:
     if m.padding_mode != "zeros":
         raise Unsupported(f"padding_mode='{m.padding_mode}' is not supported (only zero padding)")
-    return _conv2d(imp, node, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+    convert = _conv1d if isinstance(m, nn.Conv1d) else _conv2d
+    return convert(imp, node, x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+def _module_conv_transpose(imp: Importer, node: torch.fx.Node, m: nn.ConvTranspose2d, x: Any, output_size: Any = None) -> Value:
+    if output_size is not None:
+        raise Unsupported("ConvTranspose2d called with output_size is not supported; set output_padding instead")
+    if m.padding_mode != "zeros":
+        raise Unsupported(f"padding_mode='{m.padding_mode}' is not supported (only zero padding)")
+    return _conv_transpose2d(imp, node, x, m.weight, m.bias, m.stride, m.padding, m.output_padding, m.groups, m.dilation)
 
 
 def _module_hardtanh(imp: Importer, node: torch.fx.Node, m: nn.Hardtanh, x: Any) -> Value:
@@ -477,6 +595,8 @@ def _module_hardtanh(imp: Importer, node: torch.fx.Node, m: nn.Hardtanh, x: Any)
 MODULE_CONVERTERS: dict[type, Callable[..., Any]] = {
     nn.Linear: _module_linear,
     nn.Conv2d: _module_conv,
+    nn.Conv1d: _module_conv,
+    nn.ConvTranspose2d: _module_conv_transpose,
     nn.BatchNorm1d: _bn_module,
     nn.BatchNorm2d: _bn_module,
     nn.ReLU: lambda imp, node, m, x: _relu(imp, node, x),
@@ -493,7 +613,11 @@ MODULE_CONVERTERS: dict[type, Callable[..., Any]] = {
 FUNCTION_CONVERTERS: dict[Any, Callable[..., Any]] = {
     F.linear: _linear, aten.linear.default: _linear,
     F.conv2d: _conv2d, torch.conv2d: _conv2d, aten.conv2d.default: _conv2d, aten.conv2d.padding: _conv2d,
+    F.conv1d: _conv1d, torch.conv1d: _conv1d, aten.conv1d.default: _conv1d, aten.conv1d.padding: _conv1d,
+    F.conv_transpose2d: _conv_transpose2d, torch.conv_transpose2d: _conv_transpose2d,
+    aten.conv_transpose2d.input: _conv_transpose2d,
     aten.convolution.default: _convolution, aten.addmm.default: _addmm, aten.mm.default: _mm,
+    operator.matmul: _matmul, torch.matmul: _matmul, aten.matmul.default: _matmul,
     aten.t.default: _fold_parameter(torch.t), aten.permute.default: _fold_parameter(torch.permute),
     aten.transpose.int: _fold_parameter(torch.transpose),
     aten.batch_norm.default: _aten_batch_norm,
@@ -517,6 +641,7 @@ FUNCTION_CONVERTERS: dict[Any, Callable[..., Any]] = {
 }
 
 METHOD_CONVERTERS: dict[str, Callable[..., Any]] = {
+    "matmul": _matmul,
     "relu": _relu, "relu_": _relu, "clamp": _clamp, "clip": _clamp, "clamp_min": _clamp_min, "clamp_max": _clamp_max,
     "view": _reshape, "reshape": _reshape, "flatten": _reshape, "add": _add, "add_": _add, "size": _size,
     "contiguous": _identity, "detach": _identity, "clone": _identity,

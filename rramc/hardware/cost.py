@@ -152,7 +152,7 @@ def ideal_converter_notes(ops: Sequence[CrossbarOp]) -> list[str]:
 
 def estimate(graph: Graph, target: Target) -> dict[str, Any]:
     """Area and latency of every crossbar layer of a compiled ``graph`` on ``target`` without data, each
-    vector read at full scale: ``{"per_inference": totals, "layers": {source: {...}}, "notes": [...]}``
+    vector read at full scale: ``{"per_inference": totals, "layers": {node name: {...}}, "notes": [...]}``
     (the keys of :class:`ChipCost`'s summary that need no data). For an executable:
     ``estimate(exe.graph, exe.target)``."""
     from rramc.hardware.layer import encodings
@@ -168,7 +168,8 @@ def estimate(graph: Graph, target: Target) -> dict[str, Any]:
         _, inputs = encodings(op, target, f"%{node.name} ({node.source})")
         arrays = layout(op, target, inputs)
         vectors = vectors_per_inference(node)
-        layers[node.source] = {"arrays": arrays.arrays, "area_mm2": arrays.area_mm2, "vectors": vectors,
+        owned = op.shares is None  # a layer that reads another's arrays adds reads, not arrays
+        layers[node.name] = {"arrays": arrays.arrays if owned else 0, "area_mm2": arrays.area_mm2 if owned else 0.0, "vectors": vectors,
                                "reads_per_vector": len(arrays.full_scale_reads), "latency_s": vectors * arrays.vector_seconds()}
     totals = {key: sum(row[key] for row in layers.values()) for key in ("arrays", "area_mm2", "latency_s")}
     return {"per_inference": totals, "layers": layers, "notes": ideal_converter_notes(ops)}
@@ -255,12 +256,12 @@ class _LayerTally:
 class ChipCost(CostObserver):
     """Energy, latency and area of every crossbar layer, per inference (see the module's formulas).
 
-    Its summary: ``{"per_inference": totals, "layers": {source: row}, "notes": [...]}``, each row
+    Its summary: ``{"per_inference": totals, "layers": {node name: row}, "notes": [...]}``, each row
     with ``energy_J`` (the sum of ``cell_energy_J``, ``dac_energy_J``, ``adc_energy_J``,
     ``digital_energy_J``), ``latency_s``, ``area_mm2`` and ``arrays`` (the chip's, not per
     inference), and the counts they come from: ``reads`` (array reads, one per vector and read of
     its encoding), ``dac_conversions``, ``adc_conversions``, ``digital_ops``. The totals are the
-    sums of the rows.
+    sums of the rows. A layer that reads another's arrays (``shares``) has no arrays or area of its own.
     """
 
     name = "energy"
@@ -269,9 +270,9 @@ class ChipCost(CostObserver):
         self.layers: dict[str, _LayerTally] = {}
 
     def on_read(self, layer: CrossbarLayer, read: Read, currents: Tensor) -> None:
-        tally = self.layers.get(layer.source)
+        tally = self.layers.get(layer.name)
         if tally is None:
-            tally = self.layers[layer.source] = _LayerTally(layer)
+            tally = self.layers[layer.name] = _LayerTally(layer)
         op, values, cost = layer.op, tally.values, tally.cost
         rows, columns = op.matrix_shape[0], tally.columns
         conversions = currents.numel()  # one per tile column and vector, whatever the lowering's layout
@@ -292,7 +293,7 @@ class ChipCost(CostObserver):
         values["digital_ops"] += conversions
 
     def on_node(self, node: Node, operands: list[Tensor], value: Tensor) -> None:
-        tally = self.layers.get(node.source) if isinstance(node.op, CrossbarOp) else None
+        tally = self.layers.get(node.name) if isinstance(node.op, CrossbarOp) else None
         if tally is not None:
             tally.values["digital_ops"] += NEURON_OPS * value.numel()
 
@@ -300,19 +301,20 @@ class ChipCost(CostObserver):
         if samples < 1:
             raise RramcError("the cost model needs at least one inference")
         layers = {}
-        for source, tally in self.layers.items():
+        for name, tally in self.layers.items():
             row = {key: tally.values[key] / samples for key in
                    ("cell_energy_J", "dac_energy_J", "adc_energy_J", "reads", "dac_conversions", "adc_conversions", "digital_ops")}
             row["digital_energy_J"] = row["digital_ops"] * tally.cost.digital_energy_per_op
             row["energy_J"] = sum(row[key] for key in ENERGY_PARTS)
             row["latency_s"] = tally.values["latency_s"] / samples
-            row["area_mm2"], row["arrays"] = tally.layout.area_mm2, tally.layout.arrays
-            layers[source] = row
+            owned = tally.op.shares is None
+            row["area_mm2"], row["arrays"] = (tally.layout.area_mm2, tally.layout.arrays) if owned else (0.0, 0)
+            layers[name] = row
         keys = ("energy_J", *ENERGY_PARTS, "latency_s", "area_mm2", "arrays", "reads", "dac_conversions", "adc_conversions",
                 "digital_ops")
         totals = {key: sum(row[key] for row in layers.values()) for key in keys}
         notes = ideal_converter_notes([tally.op for tally in self.layers.values()])
-        return {"per_inference": totals, "layers": {s: {k: r[k] for k in keys} for s, r in layers.items()}, "notes": notes}
+        return {"per_inference": totals, "layers": {n: {k: r[k] for k in keys} for n, r in layers.items()}, "notes": notes}
 
 
 def format_quantity(value: float, unit: str) -> str:

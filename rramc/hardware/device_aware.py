@@ -58,12 +58,21 @@ class DeviceAwareNetwork(nn.Module):
         self.input_ranges, self.adc_momentum, self.device = input_ranges, adc_momentum, torch.device(device)
         self.weights = nn.ParameterDict()
         self.biases = nn.ParameterDict()
+        # A layer that shares another's arrays trains the same weights (and the same bias where it
+        # applies the same one): the parameters are keyed by the layer that owns them.
+        self.weight_key: dict[str, str] = {}
+        self.bias_key: dict[str, str] = {}
         for node in graph.nodes_of(Linear, Conv2d):
             op = node.op
             assert isinstance(op, (Linear, Conv2d))
-            self.weights[node.name] = nn.Parameter(op.weight.detach().to(self.device, torch.float32, copy=True))
+            owner = graph.node(op.shares).op if op.shares is not None else op
+            self.weight_key[node.name] = op.shares or node.name
+            if op.shares is None:
+                self.weights[node.name] = nn.Parameter(op.weight.detach().to(self.device, torch.float32, copy=True))
             if op.bias is not None:
-                self.biases[node.name] = nn.Parameter(op.bias.detach().to(self.device, torch.float32, copy=True))
+                self.bias_key[node.name] = op.shares if op.shares is not None and op.bias is owner.bias else node.name
+                if self.bias_key[node.name] == node.name:
+                    self.biases[node.name] = nn.Parameter(op.bias.detach().to(self.device, torch.float32, copy=True))
         self.adc_ranges: dict[str, Tensor] = {}
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.interpreter = Interpreter(graph, self, device=self.device)
@@ -85,9 +94,9 @@ class DeviceAwareNetwork(nn.Module):
 
     def weighted(self, node: Node, x: Tensor) -> Tensor:
         """The training kernel: ``node`` mapped from its current weights, computed like the chip."""
-        bias = self.biases[node.name] if node.name in self.biases else None
+        bias = self.biases[self.bias_key[node.name]] if node.name in self.bias_key else None
         loop = self.in_loop
-        layer = mapped_layer(node, self.weights[node.name], bias, self.target, self.plan, self.input_ranges[node.name],
+        layer = mapped_layer(node, self.weights[self.weight_key[node.name]], bias, self.target, self.plan, self.input_ranges[node.name],
                              tiled=loop.converters or loop.wires, levels=loop.levels, converters=loop.converters,
                              adc_range=self.adc_ranges.get(node.name), generator=self.generator, variation=loop.variation)
         scale = self.input_ranges[node.name].scale
@@ -115,6 +124,14 @@ class DeviceAwareNetwork(nn.Module):
 
     def write_back(self) -> None:
         """Store the trained weights in the graph's ops."""
+        trained: dict[str, Tensor] = {}  # one tensor per parameter: layers sharing arrays keep sharing them
+
+        def value(parameters: nn.ParameterDict, key: str) -> Tensor:
+            name = ("bias:" if parameters is self.biases else "") + key
+            if name not in trained:
+                trained[name] = parameters[key].detach().to("cpu", copy=True)
+            return trained[name]
+
         for node in self.graph.nodes_of(Linear, Conv2d):
-            bias = self.biases[node.name].detach().to("cpu", copy=True) if node.name in self.biases else None
-            node.op = node.op.replace(weight=self.weights[node.name].detach().to("cpu", copy=True), bias=bias)
+            bias = value(self.biases, self.bias_key[node.name]) if node.name in self.bias_key else None
+            node.op = node.op.replace(weight=value(self.weights, self.weight_key[node.name]), bias=bias)

@@ -39,7 +39,7 @@ def float_layer(op: Linear | Conv2d | CrossbarOp, x: Tensor) -> Tensor:
     """``W·x + b`` of a weighted op with its float weights."""
     bias = None if op.bias is None else op.bias.to(x)
     if isinstance(op, (Conv2d, CrossbarConv2d)):
-        return F.conv2d(x, op.weight.to(x), bias, op.stride, op.padding, op.dilation)
+        return F.conv2d(x, op.weight.to(x), bias, op.stride, op.padding, op.dilation, op.groups)
     return F.linear(x, op.weight.to(x), bias)
 
 
@@ -182,7 +182,9 @@ class Chip:
                     f"%{node.name} ({node.source}) is a float {node.op.kind} that was never mapped to crossbars; "
                     "run the 'quantize' and 'tile' passes first"
                 )
-            if isinstance(node.op, CrossbarOp):
+            if isinstance(node.op, CrossbarOp) and node.op.shares is not None:  # the owner's programmed cells, read again
+                self.layers[node.name] = self.layers[node.op.shares].reading(node)
+            elif isinstance(node.op, CrossbarOp):
                 self.layers[node.name] = CrossbarLayer.program(node, target, generator=generator, dtype=dtype, device=self.device)
 
     def noise(self) -> torch.Generator | None:

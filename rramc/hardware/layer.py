@@ -31,7 +31,7 @@ from rramc.hardware.observers import Observer
 from rramc.hardware.target import Target
 from rramc.hardware.tiling import TileGrid, split_points
 from rramc.hardware.weight_encoding import WEIGHT_ENCODINGS, WeightEncoding
-from rramc.ir import Conv2d, CrossbarConv2d, CrossbarLinear, CrossbarOp, InputRange, Linear, Node
+from rramc.ir import Conv2d, CrossbarConv2d, CrossbarLinear, CrossbarOp, InputRange, Linear, Node, weight_matrix
 
 Phase = tuple[float, Tensor]  # (digital weight: ± read weight, tile column currents)
 
@@ -141,6 +141,14 @@ class CrossbarLayer:
         solver = target.wires
         layer = cls(name, source, op, target, cells, solver, inputs, solver.prepare(cells))
         return layer.calibrated(op)
+
+    def reading(self, node: Node) -> CrossbarLayer:
+        """The layer of ``node``, which shares this layer's arrays (``shares``): the same programmed cells,
+        read with ``node``'s own periphery settings (input range, gain, ADC ranges)."""
+        op = node.op
+        assert isinstance(op, CrossbarOp)
+        _, inputs = encodings(op, self.target, f"%{node.name} ({node.source})")
+        return CrossbarLayer.build(node.name, node.source, op, self.target, self.cells.g_pos, self.cells.g_neg, inputs)
 
     def calibrated(self, op: CrossbarOp) -> CrossbarLayer:
         """This layer with the ranges, gain and offset of a newly calibrated ``op`` (same cells)."""
@@ -271,7 +279,8 @@ def tile_grid(rows: int, outputs: int, target: Target, plan: MappingPlan) -> Til
 def crossbar_op(float_op: Linear | Conv2d | CrossbarOp, **fields: Any) -> CrossbarOp:
     """The crossbar op for a float (or crossbar) layer, with ``fields`` set."""
     if isinstance(float_op, (Conv2d, CrossbarConv2d)):
-        return CrossbarConv2d(stride=float_op.stride, padding=float_op.padding, dilation=float_op.dilation, **fields)
+        return CrossbarConv2d(stride=float_op.stride, padding=float_op.padding, dilation=float_op.dilation, groups=float_op.groups,
+                              **fields)
     return CrossbarLinear(**fields)
 
 
@@ -298,7 +307,7 @@ def mapped_layer(
     full scale are clipped to it, as the chip's DAC will: the device is only modelled up to the
     read voltage.
     """
-    flat = weight.reshape(weight.shape[0], -1)
+    flat = weight_matrix(weight, getattr(node.op, "groups", 1))
     weights = WEIGHT_ENCODINGS.get(plan.weight_encoding)(target)
     inputs = INPUT_ENCODINGS.get(plan.input_encoding)(target)
     per_column = plan.granularity == "column"

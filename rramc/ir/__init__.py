@@ -26,6 +26,8 @@ from rramc.ir.ops import (
     Reshape,
     Shape,
     register_op,
+    weight_matrix,
+    ZeroPad2d,
 )
 from rramc.ir.parser import IRParseError, parse_graph
 from rramc.ir.printer import print_graph
@@ -33,5 +35,5 @@ from rramc.ir.printer import print_graph
 __all__ = [
     "ATTRIBUTES", "Attribute", "DeviceTraining", "IRParseError", "InputRange", "parse_graph", "CROSSBAR_KINDS", "OPS", "Add", "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm", "Bounds", "ChannelAffine", "DigitalOp",
     "Clamp", "Conv2d", "CrossbarConv2d", "CrossbarLinear", "CrossbarOp", "Graph", "Input", "Linear",
-    "MaxPool2d", "Node", "Op", "Output", "ReLU", "Reshape", "Shape", "print_graph", "register_op",
+    "MaxPool2d", "Node", "Op", "Output", "ReLU", "Reshape", "Shape", "print_graph", "register_op", "weight_matrix", "ZeroPad2d",
 ]

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
+import torch
 
 from rramc.errors import VerifyError
-from rramc.ir.ops import Input, Op, Output, Shape
+from rramc.ir.ops import CrossbarOp, Input, Op, Output, Shape
 
 
 @dataclass(eq=False)
@@ -182,12 +183,38 @@ class Graph:
                 raise fail(str(exc)) from None
             if inferred != node.shape:
                 raise fail(f"recorded shape {list(node.shape)} but the op computes {list(inferred)}")
+            shares = getattr(node.op, "shares", None)
+            if shares is not None:
+                problem = self._sharing_problem(node, shares, seen)
+                if problem:
+                    raise fail(problem)
             seen.add(node.name)
         output = self.output
         if list(self._nodes)[-1] != output.name:
             raise VerifyError(f"invalid IR{where}: the output %{output.name} is not the last node")
         if not self.inputs:
             raise VerifyError(f"invalid IR{where}: the graph has no input")
+
+    def _sharing_problem(self, node: Node, shares: str, seen: set[str]) -> str | None:
+        """What is wrong with ``node`` reading the arrays of ``shares`` (None: nothing)."""
+        owner = self._nodes.get(shares)
+        if owner is None or shares not in seen:
+            return f"shares the arrays of %{shares}, which is not an earlier node"
+        op, other = node.op, owner.op
+        if type(op) is not type(other) or getattr(other, "shares", None) is not None:
+            return f"shares the arrays of %{shares}, which is not a {op.kind} with arrays of its own"
+        if op.weight.shape != other.weight.shape or getattr(op, "groups", 1) != getattr(other, "groups", 1):
+            return f"shares the arrays of %{shares} but its weight {list(op.weight.shape)} differs from {list(other.weight.shape)}"
+        if isinstance(op, CrossbarOp):
+            assert isinstance(other, CrossbarOp)
+            layout = ("weight_encoding", "weight_slices", "slice_bits", "row_splits", "col_splits")
+            if any(getattr(op, f) != getattr(other, f) for f in layout):
+                return f"shares the arrays of %{shares} but lays them out differently ({', '.join(layout)})"
+            for name in ("g_pos", "g_neg", "row_place", "col_place"):
+                mine, theirs = getattr(op, name), getattr(other, name)
+                if mine is not theirs and not (mine is not None and theirs is not None and torch.equal(mine, theirs)):
+                    return f"shares the arrays of %{shares} but its {name} differs from theirs"
+        return None
 
     # --- printing ------------------------------------------------------------------------------
 

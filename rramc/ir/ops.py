@@ -203,13 +203,37 @@ class Linear(Op):
         _verify_linear(self.weight, self.bias, operands, "linear")
 
 
+def weight_matrix(weight: Tensor, groups: int = 1) -> Tensor:
+    """A layer's weight as the crossbar's matrix ``[outputs, word lines]`` (differentiable).
+
+    A convolution's word lines are its input channels times kernel offsets (the order of
+    ``unfold``). In a grouped convolution each group's outputs see only its own channels: the
+    matrix is block-diagonal, and the cells off the blocks hold zero weights: programmed like any
+    zero (e.g. both cells of a differential pair at ``g_min``), so they carry current on a
+    nonlinear or noisy chip as they would on a real one mapped this way.
+    """
+    flat = weight.reshape(weight.shape[0], -1)
+    if groups == 1:
+        return flat
+    return torch.block_diag(*flat.chunk(groups, dim=0))
+
+
 @dataclass(eq=False, kw_only=True)
 class _ConvGeometry:
-    """Stride, padding and dilation of a 2-D convolution (groups = 1, zero padding)."""
+    """Stride, padding, dilation and groups of a 2-D convolution (zero padding)."""
 
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def verify_groups(self, weight: Tensor, operands: list[Shape], what: str) -> None:
+        _expect_rank(operands, 3, what)
+        channels = operands[0][0]
+        if self.groups < 1 or weight.shape[0] % self.groups or channels % self.groups:
+            raise ValueError(f"groups={self.groups} must divide the {channels} input and {weight.shape[0]} output channels")
+        if weight.dim() != 4 or weight.shape[1] * self.groups != channels:
+            raise ValueError(f"weight {list(weight.shape)} with groups={self.groups} does not take {channels} channels")
 
     def conv_out_shape(self, operand: Shape, out_channels: int, kernel: tuple[int, int]) -> Shape:
         _, h, w = operand
@@ -237,12 +261,51 @@ class Conv2d(_ConvGeometry, Op):
         return self.conv_out_shape(operands[0], self.weight.shape[0], tuple(self.weight.shape[2:]))
 
     def verify_(self, operands: list[Shape]) -> None:
-        _expect_rank(operands, 3, "conv2d")
-        if self.weight.dim() != 4 or self.weight.shape[1] != operands[0][0]:
-            raise ValueError(f"weight {list(self.weight.shape)} does not take {operands[0][0]} channels")
+        self.verify_groups(self.weight, operands, "conv2d")
         _check_vector("bias", self.bias, self.weight.shape[0])
         if min(self.infer_shape(operands)) < 1:
             raise ValueError(f"the kernel does not fit the input {list(operands[0])}")
+
+
+@register_op
+@dataclass(eq=False, kw_only=True)
+class ZeroPad2d(DigitalOp):
+    """Spreads each channel's pixels ``spacing`` apart and pads the borders with zeros (a negative pad crops).
+
+    Input pixel ``(i, j)`` lands at ``(top + i·spacing[0], left + j·spacing[1])``. With spacing 1 it
+    is zero padding (asymmetric ``padding='same'``, ``F.pad``); with spacing ``s`` it turns a
+    transposed convolution into an ordinary one: zeros between the pixels, then a convolution with
+    the flipped kernel, which the crossbar computes.
+    """
+
+    kind: ClassVar[str] = "zero_pad2d"
+    padding: tuple[int, int, int, int]  # top, bottom, left, right
+    spacing: tuple[int, int] = (1, 1)
+
+    def infer_shape(self, operands: list[Shape]) -> Shape:
+        c, h, w = operands[0]
+        top, bottom, left, right = self.padding
+        return (c, (h - 1) * self.spacing[0] + 1 + top + bottom, (w - 1) * self.spacing[1] + 1 + left + right)
+
+    def verify_(self, operands: list[Shape]) -> None:
+        _expect_rank(operands, 3, "zero_pad2d")
+        if len(self.padding) != 4 or min(self.spacing) < 1:
+            raise ValueError(f"padding {list(self.padding)} must give top, bottom, left, right and spacing {list(self.spacing)} be >= 1")
+        if min(self.infer_shape(operands)) < 1:
+            raise ValueError(f"cropping {list(self.padding)} leaves nothing of the input {list(operands[0])}")
+
+    def compute(self, x: Tensor) -> Tensor:
+        sh, sw = self.spacing
+        if (sh, sw) != (1, 1):
+            spread = x.new_zeros(*x.shape[:2], (x.shape[2] - 1) * sh + 1, (x.shape[3] - 1) * sw + 1)
+            spread[:, :, ::sh, ::sw] = x
+            x = spread
+        top, bottom, left, right = self.padding
+        return F.pad(x, (left, right, top, bottom))
+
+    def bounds(self, operands: list[Bounds]) -> Bounds:
+        lo, hi = operands[0]
+        return (None if lo is None else min(lo, 0.0), None if hi is None else max(hi, 0.0))
 
 
 @register_op
@@ -509,7 +572,7 @@ class CrossbarOp(Op):
     @property
     def matrix_shape(self) -> tuple[int, int]:
         """(word lines, outputs) of the unrolled weight matrix."""
-        return (int(self.weight[0].numel()), int(self.weight.shape[0]))
+        return (int(self.weight[0].numel()) * getattr(self, "groups", 1), int(self.weight.shape[0]))
 
     @property
     def slices(self) -> int:
@@ -530,8 +593,8 @@ class CrossbarOp(Op):
         return torch.tensor([(1 << (b * s)) * ((1 << b) - 1) / ((1 << (b * slices)) - 1) for s in range(slices)], dtype=torch.float64)
 
     def flat_weight(self) -> Tensor:
-        """The float weight as the crossbar sees it: ``[outputs, word lines]``."""
-        return self.weight.reshape(self.weight.shape[0], -1)
+        """The float weight as the crossbar sees it: ``[outputs, word lines]`` (see :func:`weight_matrix`)."""
+        return weight_matrix(self.weight, getattr(self, "groups", 1))
 
     def tiles(self) -> list[tuple[slice, slice]]:
         """(rows, columns) of every tile, row-block major; empty before ``tile`` ran."""
@@ -641,7 +704,8 @@ class CrossbarConv2d(_ConvGeometry, CrossbarOp):
     """``conv2d`` mapped onto crossbar arrays as an im2col-unrolled matrix.
 
     Word line ``i`` carries input channel ``i // (kh*kw)`` at kernel offset ``i % (kh*kw)``, the
-    order of ``torch.nn.functional.unfold`` and of ``weight.reshape(out, -1)``.
+    order of ``torch.nn.functional.unfold`` and of ``weight.reshape(out, -1)``; a grouped
+    convolution's matrix is block-diagonal (:func:`weight_matrix`).
     """
 
     kind: ClassVar[str] = "xbar.conv2d"
@@ -654,9 +718,7 @@ class CrossbarConv2d(_ConvGeometry, CrossbarOp):
         return self.conv_out_shape(operands[0], self.matrix_shape[1], self.kernel_size)
 
     def verify_(self, operands: list[Shape]) -> None:
-        _expect_rank(operands, 3, "xbar.conv2d")
-        if self.weight.dim() != 4 or self.weight.shape[1] != operands[0][0]:
-            raise ValueError(f"weight {list(self.weight.shape)} does not take {operands[0][0]} channels")
+        self.verify_groups(self.weight, operands, "xbar.conv2d")
         self.verify_mapping()
 
 
