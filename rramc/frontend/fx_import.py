@@ -44,7 +44,8 @@ class Unsupported(Exception):
 
 
 SUPPORTED: list[str] = [
-    "Linear, Conv2d (groups=1, zero padding), ReLU, clipped ReLU (Hardtanh, ReLU6, clamp), max and average "
+    "Linear (over the last dimension: vectors or tokens), x @ W with a parameter W, Conv1d and Conv2d (any groups, "
+    "zero padding, padding='same'), ConvTranspose2d, ReLU, clipped ReLU (Hardtanh, ReLU6, clamp), max and average "
     "pooling, adaptive average pooling to a divisor of the input, flatten/view/reshape, BatchNorm (eval mode), "
     "residual add of two activations, Dropout/Identity (removed)",
 ]
