@@ -170,3 +170,15 @@ def test_refusals_name_the_layer_and_the_reason() -> None:
     program = torch.export.export(conv3d, (torch.randn(1, 1, 3, 3, 3),))
     with pytest.raises(rramc.errors.FrontendError, match="conv3d.default at layer '0'"):
         import_exported(program)
+
+
+def test_a_linear_layer_on_tokens_reads_its_arrays_once_per_token() -> None:
+    torch.manual_seed(3)
+    model = TokenMixer().eval()
+    x = torch.randn(4, 7, 8)
+    exe = rramc.compile(model, "rram_a", calibration_data=x)
+    layers = estimate(exe.graph, exe.target)["layers"]
+    assert layers["embed"]["vectors"] == 7 and layers["head"]["vectors"] == 1
+    report_reads = exe.run(rramc.datasets.Dataset("tokens", "test", x, torch.zeros(4, dtype=torch.long), 3, (-4.0, 4.0)))
+    reads = report_reads.costs["energy"]["layers"]["embed"]["reads"]
+    assert reads == 7 * layers["embed"]["reads_per_vector"]  # per inference: every token, every read of its encoding

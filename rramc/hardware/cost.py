@@ -136,8 +136,8 @@ def conversion_groups(reads: Sequence[Read], target: Target) -> list[float]:
 
 
 def vectors_per_inference(node: Node) -> int:
-    """Input vectors a layer reads per sample: one, or a convolution's output positions."""
-    return math.prod(node.shape[1:]) if isinstance(node.op, CrossbarConv2d) else 1
+    """Input vectors a layer reads per sample: a convolution's output positions, a linear layer's tokens (one for a vector)."""
+    return math.prod(node.shape[1:]) if isinstance(node.op, CrossbarConv2d) else math.prod(node.shape[:-1])
 
 
 def ideal_converter_notes(ops: Sequence[CrossbarOp]) -> list[str]:
