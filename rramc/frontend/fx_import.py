@@ -172,10 +172,19 @@ class Importer:
         if node.op == "call_module":
             return MODULE_CONVERTERS.get(type(self.gm.get_submodule(str(node.target))))
         if node.op == "call_function":
-            return FUNCTION_CONVERTERS.get(node.target)
-        if node.op == "call_method":
-            return METHOD_CONVERTERS.get(str(node.target))
-        return None
+            convert = FUNCTION_CONVERTERS.get(node.target)
+        elif node.op == "call_method":
+            convert = METHOD_CONVERTERS.get(str(node.target))
+        else:
+            return None
+        return convert if convert is not None or not self._computable_now(node) else _constant
+
+    def _computable_now(self, node: torch.fx.Node) -> bool:
+        """Whether a call depends on no activation (a mask built from sizes, a parameter's transpose): then the
+        importer computes it once, as PyTorch would on every call, and the graph holds the constant."""
+        if node.op == "call_function" and getattr(node.target, "__name__", "") in _RANDOM:
+            return False  # a fresh draw on every call is not a constant
+        return all(n in self.env and not isinstance(self.env[n], Value) for n in node.all_input_nodes)
 
     def describe(self, node: torch.fx.Node) -> str:
         path, kind = self.layer_of(node)
@@ -256,6 +265,18 @@ class Importer:
         if node.op == "call_module":
             return convert(self, node, self.gm.get_submodule(str(node.target)), *args, **kwargs)
         return convert(self, node, *args, **kwargs)
+
+
+_RANDOM = frozenset({"rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like", "bernoulli", "normal",
+                     "multinomial", "poisson", "dropout", "uniform_", "normal_"})
+
+
+def _constant(imp: Importer, node: torch.fx.Node, *args: Any, **kwargs: Any) -> Any:
+    """A call on constants only (see :meth:`Importer._computable_now`), computed now."""
+    if node.op == "call_method":
+        receiver, *rest = args
+        return getattr(receiver, str(node.target))(*rest, **kwargs)
+    return node.target(*args, **kwargs)  # type: ignore[operator]
 
 
 def _flat_outputs(node: torch.fx.Node) -> list[torch.fx.Node]:
