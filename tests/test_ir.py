@@ -114,3 +114,17 @@ def test_remove_dead_and_copy_are_independent() -> None:
     clone.node("fc").op.weight.zero_()
     assert float(g.node("fc").op.weight.sum()) == 128.0
     assert "digraph" in g.to_dot() and '"fc" -> "act"' in g.to_dot()
+
+
+def test_per_channel_affines_bound_their_outputs_as_sampling_finds() -> None:
+    from rramc.ir import BatchNorm, ChannelAffine
+
+    scale, shift = torch.tensor([2.0, -1.5, 0.25]), torch.tensor([0.5, 1.0, -2.0])
+    affine = ChannelAffine(scale=scale, shift=shift)
+    norm = BatchNorm(mean=torch.tensor([0.1, -0.2, 0.3]), var=torch.tensor([0.5, 2.0, 1.0]), weight=scale, bias=shift)
+    x = torch.linspace(-0.5, 1.5, 101).reshape(1, 1, -1).expand(1, 3, -1)
+    for op in (affine, norm):
+        low, high = op.bounds([(-0.5, 1.5)])
+        y = op.compute(x)
+        assert low == pytest.approx(float(y.min()), abs=1e-6) and high == pytest.approx(float(y.max()), abs=1e-6)
+        assert op.bounds([(None, 1.5)]) == (None, None)

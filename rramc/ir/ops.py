@@ -97,6 +97,15 @@ def _per_channel(x: Tensor, v: Tensor) -> Tensor:
     return v.to(x).reshape(-1, *([1] * (x.dim() - 2)))
 
 
+def _affine_bounds(scale: Tensor, shift: Tensor, operand: Bounds) -> Bounds:
+    """Bounds of ``x·scale + shift`` over every channel, for ``x`` in a finite ``operand`` interval."""
+    lo, hi = operand
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return (None, None)
+    ends = torch.stack([scale.double() * lo + shift.double(), scale.double() * hi + shift.double()])
+    return (float(ends.min()), float(ends.max()))
+
+
 def _pair(value: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
     if isinstance(value, int):
         return (value, value)
@@ -339,6 +348,9 @@ class BatchNorm(DigitalOp):
         scale, shift = self.scale_and_shift()
         return x * _per_channel(x, scale) + _per_channel(x, shift)
 
+    def bounds(self, operands: list[Bounds]) -> Bounds:
+        return _affine_bounds(*self.scale_and_shift(), operands[0])
+
 
 @register_op
 @dataclass(eq=False, kw_only=True)
@@ -351,6 +363,9 @@ class ChannelAffine(DigitalOp):
 
     def compute(self, x: Tensor) -> Tensor:
         return x * _per_channel(x, self.scale) + _per_channel(x, self.shift)
+
+    def bounds(self, operands: list[Bounds]) -> Bounds:
+        return _affine_bounds(self.scale, self.shift, operands[0])
 
     def verify_(self, operands: list[Shape]) -> None:
         _check_vector("scale", self.scale, operands[0][0])
