@@ -15,7 +15,7 @@ from rramc.datasets import DATASETS, load_dataset
 from rramc.errors import RramcError
 from rramc.frontend import save_exported
 from rramc.runtime.evaluate import fit_inputs
-from rramc.samples import models
+from rramc.samples import models, sequence_models
 from rramc.training import TrainConfig, accuracy, train_classifier
 
 ARCHITECTURES = {
@@ -25,6 +25,10 @@ ARCHITECTURES = {
     "paper_deep_mlp": models.paper_deep_mlp,
     "paper_cifar_mlp": models.paper_cifar_mlp,
     "mnist_cnn": models.mnist_cnn,
+    "digits_transformer": sequence_models.digits_transformer,
+    "digits_lstm": sequence_models.digits_lstm,
+    "fashion_transformer": sequence_models.fashion_transformer,
+    "fashion_lstm": sequence_models.fashion_lstm,
 }
 
 
@@ -51,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
             train, test = train.center_crop(args.crop), test.center_crop(args.crop)
         with torch.no_grad():  # fail early, with rramc's message, if the images do not fit the network
             first = next(m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
-            if isinstance(first, torch.nn.Linear):
+            if hasattr(model, "image_shape"):  # a network that reads images its own way (rows as a sequence)
+                fit_inputs(test.images[:1], model.image_shape, args.dataset)
+            elif isinstance(first, torch.nn.Linear):
                 fit_inputs(test.images[:1], (first.in_features,), args.dataset)
     except RramcError as exc:
         parser.exit(1, f"error: {exc}\n")

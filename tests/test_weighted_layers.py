@@ -176,9 +176,37 @@ def test_a_linear_layer_on_tokens_reads_its_arrays_once_per_token() -> None:
     torch.manual_seed(3)
     model = TokenMixer().eval()
     x = torch.randn(4, 7, 8)
-    exe = rramc.compile(model, "rram_a", calibration_data=x)
+    exe = rramc.compile(model, "rram_b", calibration_data=x)  # a state-dependent device: the general column solver
     layers = estimate(exe.graph, exe.target)["layers"]
     assert layers["embed"]["vectors"] == 7 and layers["head"]["vectors"] == 1
     report_reads = exe.run(rramc.datasets.Dataset("tokens", "test", x, torch.zeros(4, dtype=torch.long), 3, (-4.0, 4.0)))
     reads = report_reads.costs["energy"]["layers"]["embed"]["reads"]
     assert reads == 7 * layers["embed"]["reads_per_vector"]  # per inference: every token, every read of its encoding
+
+
+def test_core_aten_spellings_of_token_layers_and_pooling_with_indices() -> None:
+    """``run_decompositions()`` spells a linear layer on tokens as view [B·T, F] → addmm → view back, and max
+    pooling as max_pool2d_with_indices: both import, and a folded batch anywhere else is refused by name."""
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 4)
+
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return self.b(torch.nn.functional.gelu(self.a(x))).flatten(1)
+
+    torch.manual_seed(4)
+    pooled = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 9, 3)).eval()
+    for model, x in ((Tokens().eval(), torch.rand(4, 6, 8)), (pooled, torch.rand(4, 1, 8, 8))):
+        program = torch.export.export(model, (x,)).run_decompositions()
+        exe = rramc.compile(program, "ideal", calibration_data=x)
+        with torch.no_grad():
+            assert_close(exe(x), model(x))
+
+    class FoldedSoftmax(nn.Module):
+        def forward(self, x):  # type: ignore[no-untyped-def]
+            return torch.softmax(x.reshape(-1, x.shape[-1]), -1).reshape(x.shape).flatten(1)
+
+    with pytest.raises(rramc.errors.FrontendError, match="folds the batch into the tokens"):
+        import_exported(torch.export.export(FoldedSoftmax(), (torch.rand(2, 3, 4),)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from rramc.errors import FrontendError
 from rramc.ir import (
-    Add, AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Clamp, Conv2d, Graph, Input, Linear, MaxPool2d, Output, ReLU,
+    AdaptiveAvgPool2d, AvgPool2d, BatchNorm, Clamp, Conv2d, Graph, Input, Linear, MaxPool2d, Output, ReLU,
     Reshape, ZeroPad2d,
 )
 
@@ -37,6 +38,19 @@ class Value:
     """An activation: the name of the IR node that computes it."""
 
     name: str
+
+
+@dataclass(frozen=True)
+class FoldedTokens:
+    """An activation ``[batch, *tokens, features]`` viewed as ``[batch·tokens, features]``: how core ATen spells
+    a linear layer on tokens (a view, ``addmm``, a view back). Only that layer and the view back take it."""
+
+    value: Value
+    lead: tuple[int, ...]  # the traced [batch, *tokens] the view folded
+
+    @property
+    def folded(self) -> str:
+        return f"{list(self.lead)} folded to {math.prod(self.lead)}"
 
 
 class Unsupported(Exception):
@@ -86,6 +100,9 @@ class Importer:
         return tuple(int(s) for s in meta.shape[1:])
 
     def activation(self, value: Any, what: str = "input") -> Value:
+        if isinstance(value, FoldedTokens):
+            raise Unsupported(f"its {what} folds the batch into the tokens ({value.folded}); rramc takes that only "
+                              "around a linear layer (view, addmm, view), as core ATen spells one on tokens")
         if not isinstance(value, Value):
             raise Unsupported(f"its {what} is a constant, not an activation computed from the network's input")
         return value
@@ -191,32 +208,60 @@ class Importer:
         what = kind if node.op == "call_module" else _target_name(node)
         return f"{what} at layer '{path}' (fx node {node.name})"
 
+    def module_call(self, node: torch.fx.Node) -> tuple[str, str] | None:
+        """(path, type) of the torch.nn module an exported ATen op ran in, as torch.fx would have kept it
+        whole: the outermost one that is not a container. None for torch.fx's own calls and user code."""
+        if node.op == "call_module":
+            return None
+        for path, kind in (node.meta.get("nn_module_stack") or {}).values():
+            name = kind if isinstance(kind, str) else f"{kind.__module__}.{kind.__qualname__}"
+            if path and name.startswith("torch.nn.") and not name.startswith("torch.nn.modules.container."):
+                return str(path), name.rsplit(".", 1)[-1]
+        return None
+
     def run(self) -> Graph:
         """Convert every node; report every unsupported op (and op attribute) in one message.
 
-        A node that depends on one that failed is not reported again: the user sees causes only.
+        A node that depends on one that failed is not reported again: the user sees causes only. The
+        ATen ops of one torch.nn module (an exported graph's) are reported once, with the first cause.
         """
+        # exported attention and recurrent nets: one call each, as torch.fx gives them
+        self.gm, unrecognised = exported_modules.lift_module_calls(self.gm)
         problems = []
         outputs = [n for n in self.gm.graph.nodes if n.op == "output"]
         if outputs and len(_flat_outputs(outputs[0])) != 1:
             problems.append("  - the network returns several values; rramc needs one output tensor")
+        reported: set[tuple[str, str]] = set()
+
+        def report(node: torch.fx.Node, cause: str | None) -> None:
+            call = self.module_call(node)
+            if call is None:
+                problems.append(f"  - {self.describe(node)}" + (f": {cause}" if cause else ""))
+            elif call[0] in unrecognised and call not in reported:
+                reported.add(call)
+                problems.append(f"  - {call[1]} at layer '{call[0]}': {unrecognised[call[0]]}")
+            elif call not in reported:  # the module's first problem stands for all of its ATen ops
+                reported.add(call)
+                problems.append(f"  - {_target_name(node)} at layer '{call[0]}' ({call[1]}; fx node {node.name})"
+                                + (f": {cause}" if cause else ""))
+
         failed: set[torch.fx.Node] = set()
         for node in self.gm.graph.nodes:
             if node.op in ("call_module", "call_function", "call_method") and self.converter(node) is None \
                     and not (node.op == "call_module" and str(node.target) == "_guards_fn"):
-                problems.append(f"  - {self.describe(node)}")
+                report(node, None)
                 failed.add(node)
                 continue
             if failed & set(node.all_input_nodes) or (node.op == "output" and problems):
                 failed.add(node)
                 problem = self.dry_run(node, failed)
                 if problem:
-                    problems.append(f"  - {self.describe(node)}: {problem}")
+                    report(node, problem)
                 continue
             try:
                 self.env[node] = self.convert(node)
             except Unsupported as exc:
-                problems.append(f"  - {self.describe(node)}: {exc}")
+                report(node, str(exc))
                 failed.add(node)
         if problems:
             raise FrontendError(
@@ -313,9 +358,11 @@ def _ints(value: Any, n: int = 2) -> tuple[int, ...]:
 # Each takes (importer, fx node, *args) with fx nodes already replaced by Values, tensors or
 # constants, and returns the Value of the result.
 
-def _linear(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: Any = None) -> Value:
-    x = imp.activation(input)
-    return imp.emit(node, imp.weighted_op(Linear, imp.parameter(weight, "weight"), imp.parameter(bias, "bias")), [x])
+def _linear(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: Any = None) -> Value | FoldedTokens:
+    op = imp.weighted_op(Linear, imp.parameter(weight, "weight"), imp.parameter(bias, "bias"))
+    if isinstance(input, FoldedTokens):  # the same layer on every token: computed on the unfolded tokens
+        return FoldedTokens(imp.add(node, op, [input.value], None), input.lead)
+    return imp.emit(node, op, [imp.activation(input)])
 
 
 def _same_padding(weight: Tensor, stride: tuple[int, ...], dilation: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -449,17 +496,6 @@ def _matmul(imp: Importer, node: torch.fx.Node, input: Any, other: Any) -> Value
     raise Unsupported("only x @ W with a constant 2-D W (a linear layer) is supported here")
 
 
-def _fold_parameter(function: Callable[..., Tensor]) -> Callable[..., Any]:
-    """Transposes and permutes of parameters are computed now; of activations they are unsupported."""
-
-    def convert(imp: Importer, node: torch.fx.Node, x: Any, *args: Any, **kwargs: Any) -> Any:
-        if not isinstance(x, Tensor):
-            raise Unsupported("transposing or permuting an activation is not supported")
-        return function(x, *args, **kwargs)
-
-    return convert
-
-
 def _batch_norm(imp: Importer, node: torch.fx.Node, x: Any, mean: Any, var: Any, weight: Any, bias: Any, eps: float) -> Value:
     op = BatchNorm(mean=imp.tensor(mean, "running mean"), var=imp.tensor(var, "running variance"),
                    weight=imp.tensor(weight, "weight"), bias=imp.tensor(bias, "bias"), eps=float(eps))
@@ -527,8 +563,9 @@ def _max_pool(imp: Importer, node: torch.fx.Node, *args: Any, **kwargs: Any) -> 
     kernel = _ints(a["kernel_size"])
     op = MaxPool2d(kernel_size=kernel, stride=_ints(a["stride"]) if a["stride"] else kernel, padding=_ints(a["padding"]),
                    dilation=_ints(a["dilation"]), ceil_mode=bool(a["ceil_mode"]))
-    value = imp.emit(node, op, [imp.activation(a["input"])])
-    return (value,) if node.target == aten.max_pool2d_with_indices.default else value
+    if node.target == aten.max_pool2d_with_indices.default:  # (values, indices): rramc computes the values only
+        return (imp.add(node, op, [imp.activation(a["input"])], None), None)
+    return imp.emit(node, op, [imp.activation(a["input"])])
 
 
 def _avg_pool(imp: Importer, node: torch.fx.Node, *args: Any, **kwargs: Any) -> Value:
@@ -555,23 +592,20 @@ def _adaptive_avg_pool(imp: Importer, node: torch.fx.Node, x: Any, output_size: 
 
 
 def _reshape(imp: Importer, node: torch.fx.Node, x: Any, *rest: Any, **kwargs: Any) -> Value:
-    # The per-sample shape comes from shape propagation, which already resolved -1 and x.size(0).
+    # The per-sample shape comes from shape propagation, which already resolved -1 and x.size(0),
+    # provided the batch dimension stays first and alone.
+    before, after = node.all_input_nodes[0].meta["tensor_meta"].shape, node.meta["tensor_meta"].shape
+    if isinstance(x, FoldedTokens) and tuple(after[:-1]) == x.lead and imp.value_shape(x.value)[-1] == after[-1]:
+        return x.value  # the view back after a linear layer on folded tokens
     value = imp.activation(x)
+    if len(after) == 2 and after[0] != before[0] and after[-1] == before[-1] and after[0] == math.prod(before[:-1]):
+        return FoldedTokens(value, tuple(int(d) for d in before[:-1]))
+    if not after or after[0] != before[0]:
+        raise Unsupported(f"it reshapes the batch dimension ({list(before)} to {list(after)}); rramc keeps the batch "
+                          "first and apart: keep it as the first dimension, e.g. x.reshape(x.shape[0], ...)")
     if imp.graph.node(value.name).shape == imp.shape(node):
         return value
     return imp.emit(node, Reshape(shape=imp.shape(node)), [value])
-
-
-def _add(imp: Importer, node: torch.fx.Node, *args: Any, **kwargs: Any) -> Value:
-    a = _bind(["input", "other", "alpha"], {"alpha": 1}, args, kwargs)
-    if not isinstance(a["input"], Value) or not isinstance(a["other"], Value):
-        raise Unsupported("only the sum of two activations (a residual connection) is supported, not adding a constant")
-    if a["alpha"] != 1:
-        raise Unsupported(f"add with alpha={a['alpha']} is not supported")
-    x, y = a["input"], a["other"]
-    if imp.graph.node(x.name).shape != imp.graph.node(y.name).shape:
-        raise Unsupported("the two operands have different shapes (broadcasting add is not supported)")
-    return imp.emit(node, Add(), [x, y])
 
 
 def _identity(imp: Importer, node: torch.fx.Node, x: Any, *rest: Any, **kwargs: Any) -> Any:
@@ -579,11 +613,14 @@ def _identity(imp: Importer, node: torch.fx.Node, x: Any, *rest: Any, **kwargs: 
 
 
 def _getitem(imp: Importer, node: torch.fx.Node, container: Any, index: Any) -> Any:
+    """An element of a call's several results or of a size (of activations: see tensor_converters)."""
+    if isinstance(container, sequence_modules.Results):  # an LSTM's (out, (h_n, c_n)), attention's (out, weights)
+        return container.get(index, used=bool(node.users))
     if isinstance(container, tuple) and index == 0:
         return container[0]
     if isinstance(container, (torch.Size, tuple, list)):
         return container[index]
-    raise Unsupported("indexing into an activation is not supported")
+    raise Unsupported(f"indexing a {type(container).__name__} is not supported")
 
 
 def _size(imp: Importer, node: torch.fx.Node, x: Any, *dim: Any) -> Any:
@@ -639,9 +676,6 @@ FUNCTION_CONVERTERS: dict[Any, Callable[..., Any]] = {
     F.conv_transpose2d: _conv_transpose2d, torch.conv_transpose2d: _conv_transpose2d,
     aten.conv_transpose2d.input: _conv_transpose2d,
     aten.convolution.default: _convolution, aten.addmm.default: _addmm, aten.mm.default: _mm,
-    operator.matmul: _matmul, torch.matmul: _matmul, aten.matmul.default: _matmul,
-    aten.t.default: _fold_parameter(torch.t), aten.permute.default: _fold_parameter(torch.permute),
-    aten.transpose.int: _fold_parameter(torch.transpose),
     aten.batch_norm.default: _aten_batch_norm,
     aten._native_batch_norm_legit_no_training.default: _aten_bn_no_training,
     F.relu: _relu, torch.relu: _relu, aten.relu.default: _relu, aten.relu_.default: _relu,
@@ -655,17 +689,14 @@ FUNCTION_CONVERTERS: dict[Any, Callable[..., Any]] = {
     aten.adaptive_avg_pool2d.default: lambda imp, node, x, size: _adaptive_avg_pool(imp, node, x, size),
     torch.flatten: _reshape, torch.reshape: _reshape, aten.flatten.using_ints: _reshape, aten.view.default: _reshape,
     aten.reshape.default: _reshape, aten._unsafe_view.default: _reshape,
-    operator.add: _add, operator.iadd: _add, torch.add: _add, aten.add.Tensor: _add, aten.add_.Tensor: _add,
     F.dropout: _identity, aten.dropout.default: _identity, aten.alias.default: _identity,
     aten.detach.default: _identity, aten.clone.default: _identity, aten.contiguous.default: _identity,
-    operator.getitem: _getitem,
     aten.sym_size.int: lambda imp, node, x, dim: _size(imp, node, x, dim),
 }
 
 METHOD_CONVERTERS: dict[str, Callable[..., Any]] = {
-    "matmul": _matmul,
     "relu": _relu, "relu_": _relu, "clamp": _clamp, "clip": _clamp, "clamp_min": _clamp_min, "clamp_max": _clamp_max,
-    "view": _reshape, "reshape": _reshape, "flatten": _reshape, "add": _add, "add_": _add, "size": _size,
+    "view": _reshape, "reshape": _reshape, "flatten": _reshape, "size": _size,
     "contiguous": _identity, "detach": _identity, "clone": _identity,
 }
 
@@ -713,3 +744,8 @@ def import_exported(program: torch.export.ExportedProgram, source: str = "export
     if kwargs or len(args) != 1:
         raise FrontendError(f"{source}: rramc compiles networks with exactly one positional input, this one takes {len(args)} (+{len(kwargs)} keyword)")
     return import_graph_module(program.module(), tuple(args), source)
+
+
+# attention, transformer and recurrent converters (they register themselves), and their exported forms lifted back
+from rramc.frontend import exported_modules, sequence_modules  # noqa: E402
+from rramc.frontend import tensor_converters  # noqa: E402,F401  (registers the digital tensor ops' converters)

@@ -240,6 +240,8 @@ class CrossbarLayer:
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None, observers: Sequence[Observer] = ()) -> Tensor:
         assert self.op.input_range is not None
+        if x.dim() > 2 and self.lowering.conv is None:  # a linear layer on tokens: each token is one read
+            return self(x.reshape(-1, x.shape[-1]), generator, observers).unflatten(0, x.shape[:-1])
         phases = self.phases(x, self.op.input_range.scale, generator, observers)
         if self._readout_factors is None or torch.is_grad_enabled() and x.requires_grad:
             return self.neuron(self.digitize(phases))
