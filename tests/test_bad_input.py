@@ -548,8 +548,14 @@ def test_bad_input_shape(shape: str, words: list[str], files: dict[str, Path], t
 
 
 def test_state_dict_without_calibration_data(files: dict[str, Path], tmp_path: Path) -> None:
-    message = compile_fails(files["state"], "--model", f"{files['nets']}:small", "--input-shape", "1,8,8", tmp_path=tmp_path)
-    has_all(message, str(files["state"]), "--calibration")
+    """Without data the input shape must be given; with it, calibration works from the weights and says so."""
+    message = compile_fails(files["state"], "--model", f"{files['nets']}:small", tmp_path=tmp_path)
+    has_all(message, str(files["state"]), "--input-shape")
+    out = tmp_path / "from_weights.rramx"
+    result = CliRunner().invoke(app, ["compile", str(files["state"]), "--model", f"{files['nets']}:small", "--input-shape", "1,8,8",
+                                      "-t", "ideal", "-o", str(out)])
+    assert result.exit_code == 0 and "calibrated from the weights" in result.stderr, result.output
+    assert rramc.load_executable(out).metadata["calibration"] == "weights"
 
 
 def test_pipeline_name_and_pipeline_text_together_are_refused(files: dict[str, Path], tmp_path: Path) -> None:

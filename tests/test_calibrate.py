@@ -103,8 +103,11 @@ def test_adc_range_is_the_largest_tile_current_on_the_samples() -> None:
     assert bool((only_layer(lower).op.adc_range < op.adc_range).all())
 
 
-def test_calibration_needs_data() -> None:
+def test_calibration_without_data_works_from_the_weights_but_empty_data_are_refused() -> None:
+    """No data at all calibrates from the weights (tests/test_data_free_calibration.py); data without samples is an error."""
     graph = import_module(nn.Linear(3, 2), torch.rand(2, 3))
+    with pytest.warns(rramc.RramcWarning, match="calibrated from the weights"):
+        assert rramc.compile(graph, "ideal").metadata["calibration"] == "weights"
     with pytest.raises(PassError, match="pass 'calibrate' failed .passes run before it: canonicalize, quantize, tile.: "
-                                       "calibrate needs sample inputs"):
-        rramc.compile(graph, "ideal")
+                                       "the calibration data hold no samples"):
+        rramc.compile(graph, "ideal", calibration_data=torch.rand(0, 3))

@@ -39,7 +39,9 @@ class Dataset:
     """One split of a data set: images float32 in [0, 1] and labels (N,) int64.
 
     ``load_dataset`` gives images of shape (N, C, H, W); :meth:`reshaped_for` gives them a
-    network's per-sample shape, such as (N, 64) for a flat-input network.
+    network's per-sample shape, such as (N, 64) for a flat-input network. A user's data
+    (:mod:`rramc.datasets.user_data`) may lie in another ``value_range``, and may have no labels:
+    ``num_classes`` is then 0 and every label -1 (calibration data; see :func:`require_labels`).
     """
 
     name: str
@@ -70,9 +72,10 @@ class Dataset:
         count = len(self)
         shape = "×".join(map(str, self.sample_shape))
         low, high = self.value_range
+        classes = f"{self.num_classes} classes" if self.num_classes else "no labels"
         return (
             f"Dataset({self.name!r}, {self.split}, {count} sample{'' if count == 1 else 's'} of {shape}, "
-            f"{self.num_classes} classes, values in [{low:g}, {high:g}])"
+            f"{classes}, values in [{low:g}, {high:g}])"
         )
 
     @property
@@ -220,7 +223,16 @@ def fit_inputs(images: torch.Tensor, shape: tuple[int, ...], dataset: str) -> to
     )
 
 
+def require_labels(dataset: Dataset, purpose: str) -> Dataset:
+    """``dataset``, refused when it has no labels (``num_classes`` 0), which ``purpose`` needs."""
+    if dataset.num_classes == 0:
+        raise DatasetError(f"data set '{dataset.name}' has no labels, and {purpose} needs one per sample: an array 'labels' "
+                           "(or 'y') next to the images, a tuple (images, labels), or one subfolder per class")
+    return dataset
+
+
 def check_classes(outputs: int, dataset: Dataset) -> None:
-    """Refuse a data set with more classes than the network has outputs."""
+    """Refuse a data set without labels, or with more classes than the network has outputs."""
+    require_labels(dataset, "evaluating")
     if outputs < dataset.num_classes:
         raise DatasetError(f"the network has {outputs} outputs but data set '{dataset.name}' has {dataset.num_classes} classes")

@@ -121,10 +121,13 @@ def load_model(
         raise FrontendError(f"model file {path} does not exist")
     if path.is_dir():
         raise FrontendError(f"model path {path} is a directory, expected a .pt2 archive or a state_dict file")
-    if _is_export_archive(path):
+    if is_export_archive(path):  # .pt2 or not: torch.export.save writes one under any name (the design card's model.pt)
         return _load_exported(path)
     if path.suffix == ".pt2":
         raise FrontendError(f"{path} is not a torch.export archive (.pt2); it may be truncated or of another format")
+    if path.suffix.lower() == ".npz":
+        raise FrontendError(f"{path} is a numpy data file, not a model: give it to --calibration or --dataset, and the model "
+                            "file first")
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -154,9 +157,14 @@ def load_model(
             raise FrontendError(f"{path} holds a {type(obj).__name__}, not an nn.Module")
         return LoadedModel(import_module(obj, _example(input_shape, source), source), source)
 
+    if isinstance(obj, dict) and {"images", "x"} & set(obj):
+        raise FrontendError(f"{path} holds data (a dict with {', '.join(repr(k) for k in obj)}), not a model: give it to "
+                            "--calibration or --dataset, and the model file first")
     state = _state_dict_of(obj)
     if state is None:
-        raise FrontendError(f"{path} holds a {type(obj).__name__} that is neither a state_dict nor a model")
+        raise FrontendError(f"{path} holds a {type(obj).__name__}, not a model: rramc compiles a torch.export archive "
+                            "(torch.export.save, as .pt2 or .pt), a state_dict (with --model module:factory) or a pickled "
+                            "nn.Module (with --trust-pickle)")
     if factory is None:
         raise FrontendError(
             f"{path} is a state_dict: it holds weights but not the network's structure. "
@@ -188,8 +196,10 @@ def _example(input_shape: tuple[int, ...] | None, source: str) -> torch.Tensor:
     return torch.zeros(2, *input_shape)
 
 
-def _is_export_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
+def is_export_archive(path: str | Path) -> bool:
+    """Whether ``path`` is a ``torch.export`` archive, whatever its name: such a file records its input shape."""
+    path = Path(path)
+    if not path.is_file() or not zipfile.is_zipfile(path):
         return False
     try:
         with zipfile.ZipFile(path) as archive:
@@ -201,7 +211,8 @@ def _is_export_archive(path: Path) -> bool:
 def _load_exported(path: Path) -> LoadedModel:
     extra = {METADATA_FILE: ""}
     try:
-        program = torch.export.load(str(path), extra_files=extra)
+        with open(path, "rb") as file:  # a file object: torch warns of a name that does not end in .pt2
+            program = torch.export.load(file, extra_files=extra)
     except Exception as exc:
         raise FrontendError(f"{path}: cannot load the torch.export archive: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     try:
