@@ -16,7 +16,8 @@ class Emit(Pass):
 
     Needs: every weighted layer mapped, tiled and calibrated; every other op one the runtime's
     digital periphery executes. Guarantees: ``ctx.artifacts["graph"]`` holds a copy of the graph
-    and ``ctx.artifacts["pipeline"]`` the passes that made it; the graph itself is unchanged.
+    (its own nodes and ops, the same tensors: see :meth:`Graph.copy`) and ``ctx.artifacts["pipeline"]``
+    the passes that made it; the graph itself is unchanged.
     The driver (:func:`rramc.compile`) packages them with the target into an executable.
     """
 
@@ -38,6 +39,6 @@ class Emit(Pass):
             raise PassError("the graph is not ready to emit:\n  " + "\n  ".join(problems))
 
     def run(self, graph: Graph, ctx: CompileContext) -> Graph:
-        ctx.artifacts["graph"] = graph.copy()
+        ctx.artifacts["graph"] = graph.copy(share_tensors=True)
         ctx.artifacts["pipeline"] = ",".join(ctx.passes_run + [str(self)])
         return graph

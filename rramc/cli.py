@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -63,8 +64,12 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
     return shape
 
 
-DatasetOption = Annotated[Optional[str], typer.Option("--dataset", "-d", help="digits, mnist, fashion-mnist or cifar10")]
+DatasetOption = Annotated[Optional[str], typer.Option("--dataset", "-d", help="digits, mnist, fashion-mnist, cifar10, or your "
+                                                      "own data: a .npz or .pt file (images, labels) or a folder of images "
+                                                      "with one subfolder per class (README: 'Your own data')")]
 DataDirOption = Annotated[Optional[Path], typer.Option("--data-dir", help="directory with the data set's files")]
+TrustDataOption = Annotated[bool, typer.Option("--trust-data", help="allow a .pt data file that holds pickled Python objects "
+                                               "(loading it runs code from the file)", metavar=FLAG)]
 
 
 @app.command()
@@ -76,8 +81,9 @@ def compile(
     factory: Annotated[Optional[str], typer.Option("--model", "-m", help="module:function building the network, for a state_dict")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow loading a pickled nn.Module (runs code from the file)", metavar=FLAG)] = False,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="per-sample input shape, e.g. 1,28,28 [default: the data set's]")] = None,
-    calibration: Annotated[Optional[str], typer.Option("--calibration", "-c", help="data set to calibrate on (train split) [default: the one recorded in the .pt2]")] = None,
+    calibration: Annotated[Optional[str], typer.Option("--calibration", "-c", help="data to calibrate on: a builtin data set (its train split), a .npz or .pt file or an image folder [default: the data set the .pt2 records, else none: ranges from the weights]")] = None,
     data_dir: DataDirOption = None,
+    trust_data: TrustDataOption = False,
     calibration_samples: Annotated[int, typer.Option(help="calibration samples")] = 512,
     pipeline: Annotated[Optional[str], typer.Option("--pipeline", help="a named pipeline: default, naive, least_squares, reconstruct")] = None,
     passes: Annotated[Optional[str], typer.Option("--passes", "-p", help="pipeline text, e.g. 'canonicalize,quantize{levels=16},tile,calibrate,emit'")] = None,
@@ -86,7 +92,7 @@ def compile(
     time_passes: Annotated[bool, typer.Option("--time-passes", help="print how long each pass took", metavar=FLAG)] = False,
     seed: Annotated[int, typer.Option(help="seed for passes that draw random numbers", min=0, max=SEED_MAX)] = 0,
     reconstruct: Annotated[bool, typer.Option("--reconstruct", help="retrain the network through the target's device I-V (Kim et al.)", metavar=FLAG)] = False,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="training data set for --reconstruct [default: the calibration data set]")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="training data for --reconstruct: a builtin data set, a .npz or .pt file or an image folder [default: the calibration data]")] = None,
     epochs: Annotated[int, typer.Option(help="--reconstruct: training epochs")] = 3,
     optimizer: Annotated[str, typer.Option(help="--reconstruct: adam, or sgd (momentum 0.9)")] = "adam",
     lr: Annotated[Optional[float], typer.Option(help="--reconstruct: learning rate [default: 0.001 adam, 0.05 sgd]")] = None,
@@ -97,6 +103,7 @@ def compile(
     device: Annotated[str, typer.Option(help="--reconstruct: torch device to train on (cpu, cuda, cuda:1)")] = "cpu",
     pass_files: Annotated[Optional[list[Path]], typer.Option("--pass-file", help="a local .py file defining rramc.Pass subclasses, usable in --passes (repeatable; runs its code)")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace an existing output that is not an executable compiled from MODEL", metavar=FLAG)] = False,
+    exact_weights: Annotated[bool, typer.Option("--exact-weights", help="keep the float reference weights exactly in the file [default: for a target whose cells have levels, 12-bit fixed point per output, error below 1/2047 of its largest weight]", metavar=FLAG)] = False,
 ) -> None:
     """Compile MODEL for a target into one executable file."""
     import warnings
@@ -137,8 +144,9 @@ def compile(
         warnings.simplefilter("ignore", RramcWarning)  # printed below, once, on stderr
         exe = compile_file(model, target, factory=factory, trust_pickle=trust_pickle, input_shape=_parse_shape(input_shape),
                            calibration=calibration, calibration_samples=calibration_samples, data_dir=data_dir,
-                           training=dataset, reconstruct=options, pipeline=passes if passes is not None else pipeline,
-                           skip=skip or (), instruments=printing, seed=seed, progress=sys.stderr.isatty(),
+                           training=dataset, trust_data=trust_data, reconstruct=options,
+                           pipeline=passes if passes is not None else pipeline,
+                           skip=skip or (), instruments=printing, seed=seed, exact_weights=exact_weights, progress=sys.stderr.isatty(),
                            log=lambda text: console.print(text, highlight=False))
     exe.save(output)
     _warn(exe.metadata.get("warnings", []))
@@ -215,23 +223,25 @@ def run(
     executable: Annotated[Path, typer.Argument(help="an .rramx file written by rramc compile")],
     dataset: DatasetOption = "digits",
     data_dir: DataDirOption = None,
-    split: Annotated[str, typer.Option(help="train or test")] = "test",
+    split: Annotated[str, typer.Option(help="train or test (of a builtin data set; a data file or folder is used whole)")] = "test",
     batch_size: Annotated[int, typer.Option(help="samples per batch")] = 256,
     limit: Annotated[Optional[int], typer.Option(help="evaluate the first N samples only")] = None,
     seed: Annotated[int, typer.Option(help="chip instance: programming variation, faults and read noise", min=0, max=SEED_MAX)] = 0,
     device: Annotated[str, typer.Option(help="torch device to simulate on (cpu, cuda)")] = "cpu",
     download: Annotated[bool, typer.Option(help="download the data set if it is missing (needs the network)", metavar=FLAG)] = False,
+    trust_data: TrustDataOption = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="also write the report as JSON")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace an existing --json file that is not an rramc report", metavar=FLAG)] = False,
 ) -> None:
     """Run an executable on a data set and report float vs simulated-chip accuracy."""
     if json_path is not None:
         check_output(json_path, "--json", "report", force, inputs=(executable,))
-    from rramc.datasets import load_dataset
+    from rramc.datasets.user_data import load_data
     from rramc.runtime.executable import load_executable
 
     exe = load_executable(executable)
-    data = _maybe_crop(load_dataset(dataset or "digits", split, data_dir, download=download), exe.metadata.get("model.crop"))
+    data = _maybe_crop(load_data(dataset or "digits", split, data_dir, download=download, trust=trust_data,
+                                 shape=exe.graph.inputs[0].shape), exe.metadata.get("model.crop"))
     report = exe.run(data, batch_size=batch_size, seed=seed, device=_torch_device(device), limit=limit, progress=sys.stderr.isatty())
     report.render(console)
     _warn(report.warnings)
@@ -250,10 +260,10 @@ def _torch_device(name: str, *, here: bool = True) -> str:
 @reports_errors
 def inspect(
     executable: Annotated[Path, typer.Argument(help="an .rramx file")],
-    ir: Annotated[bool, typer.Option("--ir/--no-ir", help="print the IR", metavar=FLAG)] = True,
-    tiles: Annotated[bool, typer.Option("--tiles/--no-tiles", help="list every tile and its array", metavar=FLAG)] = True,
+    ir: Annotated[bool, typer.Option("--ir/--no-ir", help="also print the IR", metavar=FLAG)] = False,
+    arrays: Annotated[bool, typer.Option("--arrays/--no-arrays", help="also list every array: its layer, word lines, outputs and use", metavar=FLAG)] = False,
 ) -> None:
-    """Show an executable's target, IR, tiles and array utilisation."""
+    """Show an executable's target, a line per layer (crossbar layers and the digital ops between them), array use and cost."""
     from rramc.runtime.executable import load_executable
 
     exe = load_executable(executable)
@@ -265,20 +275,40 @@ def inspect(
     note = exe.device_evaluation()
     if note:
         console.print(f"columns: {note}", highlight=False)
+    console.print(f"reference weights: {exe.reference_description()}", highlight=False)
     if ir:
         console.print(str(exe.graph), highlight=False)
+    summary = exe.layer_summary()
+    table = Table("layer", "op", "unit", "matrix", "arrays", "use", "weights", "inputs", "bits", title="Layers (bits: DAC/ADC resolution)",
+                  title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False)
+    for column in table.columns:  # in a narrow terminal a cell wraps, never loses its end; numbers stay whole
+        column.overflow = "fold"
+        column.no_wrap = column.header in ("matrix", "use", "bits")
+    table.columns[0].min_width = max((len(line.name) for line in summary), default=0)
+    for line in summary:
+        if line.analog:
+            assert line.matrix is not None and line.utilisation is not None
+            table.add_row(line.name, line.kind.removeprefix("xbar."), "analog", f"{line.matrix[0]}×{line.matrix[1]}",
+                          f"shares {line.shares}" if line.shares is not None else str(line.arrays), f"{100 * line.utilisation:.0f} %",
+                          line.weight_encoding, line.input_encoding, "/".join("–" if b is None else str(b) for b in line.converters))
+        else:
+            table.add_row(line.name, line.kind, "digital", style="dim")
+    console.print(table)
     usage = exe.array_usage()
-    if tiles:
-        table = Table("layer", "array", "word lines", "outputs", "cells used", "utilisation", title="Tiles")
+    if arrays:
+        table = Table("layer", "array", "word lines", "outputs", "cells used", "utilisation", title="Arrays (one per tile)")
         for u in usage:
             table.add_row(u["layer"], str(u["array"]), f"{u['rows'][0]}:{u['rows'][1]}", f"{u['outputs'][0]}:{u['outputs'][1]}",
                           str(u["cells"]), f"{100 * u['utilisation']:.1f} %")
         console.print(table)
     spec = exe.target.crossbar
-    cells = sum(u["cells"] for u in usage)
-    capacity = len(usage) * spec.rows * spec.cols
-    console.print(f"{len(usage)} arrays of {spec.rows}×{spec.cols}, {cells:,} of {capacity:,} cells used "
-                  f"({100 * cells / max(capacity, 1):.1f} %), {len(usage)} ADC tile readouts")
+    owned = [u for u in usage if u["shares"] is None]  # a layer reading another's arrays programs none
+    cells = sum(u["cells"] for u in owned)
+    capacity = len(owned) * spec.rows * spec.cols
+    layers = sum(line.analog for line in summary)
+    console.print(f"{layers} crossbar layers (analog) and {sum(line.ops for line in summary if not line.analog)} digital ops; "
+                  f"{len(owned)} arrays of {spec.rows}×{spec.cols}, {cells:,} of {capacity:,} cells used "
+                  f"({100 * cells / max(capacity, 1):.1f} %), {len(usage)} ADC tile readouts", highlight=False)
     from rramc.hardware.cost import estimate, format_quantity
 
     cost = estimate(exe.graph, exe.target)
@@ -347,6 +377,7 @@ def sweep(
     output: Annotated[Path, typer.Option("--output", "-o", help="directory for sweep.csv, sweep.json and the plots")],
     dataset: DatasetOption = None,
     data_dir: DataDirOption = None,
+    trust_data: TrustDataOption = False,
     factory: Annotated[Optional[str], typer.Option("--model", "-m", help="module:function building the network, for a state_dict")] = None,
     k: Annotated[Optional[str], typer.Option("--k", help="nonlinearities k to sweep, e.g. 2.5,7.5,20,70 (each point keeps the "
                                              "base's largest cell read current: g_min, g_max are scaled)")] = None,
@@ -380,9 +411,11 @@ def sweep(
     Each point is one task of the executor; every finished point is appended to OUTPUT/sweep.jsonl at once, so a
     sweep that dies loses none of them (--resume continues it).
     """
-    from rramc.datasets import load_dataset
+    from rramc.datasets import require_labels
+    from rramc.datasets.user_data import held_out, is_builtin, load_data
     from rramc.executors import check_executor_options, gpus_per_task, make_executor
     from rramc.frontend import load_model
+    from rramc.frontend.model_files import is_export_archive
     from rramc.hardware import load_target
     from rramc.sweep import grid_targets, parse_axis, run_sweep
 
@@ -396,13 +429,20 @@ def sweep(
         raise RramcError(f"--output {output} exists and is not a directory")
     check_executor_options(executor, jobs, address)  # before the model and the data load
     _torch_device(device, here=address is None)  # a cluster's GPUs are its workers' (the executor checks it has them)
-    loaded_meta = load_model(model, factory=factory, input_shape=None if model.suffix == ".pt2" else
-                             load_dataset(dataset or "digits", "train", data_dir).sample_shape)
+    loaded_meta = load_model(model, factory=factory, input_shape=None if is_export_archive(model) else
+                             load_data(dataset or "digits", "train", data_dir, trust=trust_data).sample_shape)
     name = dataset or loaded_meta.metadata.get("dataset")
     if name is None:
         raise RramcError(f"{model}: give the data set to train and evaluate on (--dataset)")
-    train = _maybe_crop(load_dataset(name, "train", data_dir), loaded_meta.metadata.get("crop"))
-    test = _maybe_crop(load_dataset(name, "test", data_dir), loaded_meta.metadata.get("crop"))
+    if is_builtin(name):
+        train, test = load_data(name, "train", data_dir), load_data(name, "test", data_dir)
+    else:  # the user's data: one set, of which a share is held out
+        data = load_data(name, trust=trust_data, shape=loaded_meta.graph.inputs[0].shape)
+        train, test = held_out(require_labels(data, "a sweep (training and evaluating)"), seed)
+        console.print(f"{name} has no train and test splits of its own: training on {len(train)} of its samples, evaluating "
+                      f"on the other {len(test)} (drawn by --seed)", highlight=False)
+    train = _maybe_crop(train, loaded_meta.metadata.get("crop"))
+    test = _maybe_crop(test, loaded_meta.metadata.get("crop"))
     if train_samples:
         train = train.shuffled(seed).take(train_samples)
     if test_samples:

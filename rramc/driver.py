@@ -1,9 +1,9 @@
 """The compiler driver: a model, a target and data → an executable, in one call.
 
-:func:`compile` takes a model in memory (or a path) and tensors; :func:`compile_file` takes what
-the command line takes — a model file, a target, data set names — and is what ``rramc
-compile``, ``rramc sweep`` and the benchmarks call. Both run the frontend, the pass pipeline
-and package the result with its target.
+:func:`compile` takes a model in memory (or a path) and data in memory (or paths);
+:func:`compile_file` takes what the command line takes — a model file, a target, data set names
+or data files — and is what ``rramc compile``, ``rramc sweep`` and the benchmarks call. Both run
+the frontend, the pass pipeline and package the result with its target.
 """
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from rramc.datasets import Dataset, fit_inputs, load_dataset
+from rramc.datasets import Dataset, fit_inputs, require_labels
+from rramc.datasets.user_data import DataSource, is_builtin, load_data, to_dataset
 from rramc.errors import PassError, RramcError, RramcWarning
-from rramc.frontend import LoadedModel, import_exported, import_module, load_model
+from rramc.frontend import import_exported, import_module, load_model
+from rramc.frontend.model_files import is_export_archive
 from rramc.hardware.target import Target, load_target
 from rramc.ir import Graph, Input
+from rramc.passes.calibrate import Calibrate
 from rramc.pipeline import CompileContext, Pass, PassInstrument, PassManager, PassTimings, PrintIR, make_pass, resolve_pipeline
 from rramc.runtime.executable import Executable
 
@@ -29,7 +32,6 @@ CALIBRATION_SAMPLES = 512
 """Calibration samples drawn from a data set when none are given (``--calibration-samples``)."""
 
 ModelLike = nn.Module | torch.export.ExportedProgram | Graph | str | Path
-DataLike = torch.Tensor | Dataset | None
 
 
 def compile(
@@ -38,8 +40,9 @@ def compile(
     example_input: torch.Tensor | None = None,
     *,
     pipeline: str | Sequence[Pass] | None = None,
-    calibration_data: DataLike = None,
-    training_data: Dataset | None = None,
+    calibration_data: DataSource | None = None,
+    training_data: DataSource | None = None,
+    trust_data: bool = False,
     input_range: tuple[float, float] | None = None,
     seed: int = 0,
     skip: Sequence[str] = (),
@@ -47,6 +50,7 @@ def compile(
     instruments: Sequence[PassInstrument] = (),
     metadata: Mapping[str, Any] | None = None,
     pass_manager: PassManager | None = None,
+    exact_weights: bool = False,
     progress: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> Executable:
@@ -54,23 +58,46 @@ def compile(
 
     ``model`` is an ``nn.Module`` (traced with torch.fx on ``example_input``, by default the
     first calibration samples; left in the mode it was in), a ``torch.export`` program, an rramc
-    :class:`Graph`, or a path to a ``.pt2`` archive.
-    ``calibration_data`` (a batch of representative inputs, or a data set) defaults to
-    ``example_input``; ``training_data`` is the data set passes that train (``reconstruct``) use.
-    ``input_range`` declares the range of the network's input values, which decides whether the
-    first layers read signed inputs; without it (and without a data set, which declares its own)
-    the inputs are taken to be signed. ``pipeline`` is a pipeline's name (``default``, ``naive``,
+    :class:`Graph`, or a path to a torch.export archive (``.pt2``, or any name).
+    ``calibration_data`` (representative inputs) defaults to ``example_input``, else to the data
+    set a ``.pt2`` records; with none at all, ``calibrate`` sets every range from the weights for
+    inputs in ``input_range`` (default [-1, 1]) and warns. ``training_data`` is the data set passes
+    that train (``reconstruct``) use. Each is a tensor (inputs only), an rramc :class:`Dataset`, a
+    ``torch.utils.data`` Dataset or DataLoader, or the path of a data file or image folder
+    (:func:`~rramc.datasets.user_data.to_dataset`; ``trust_data`` allows a ``.pt`` that needs pickle);
+    of calibration data at most what ``calibrate`` uses is drawn. ``input_range`` declares the
+    range of the network's input values, which decides whether the first layers read signed
+    inputs; without it a data set declares its own (a tensor declares none: the inputs are then
+    taken to be signed). ``pipeline`` is a pipeline's name (``default``, ``naive``,
     ``least_squares``, ``reconstruct``), pipeline text or a list of passes; ``pass_manager``
-    replaces ``pipeline``, ``skip``, ``print_ir`` and ``instruments`` altogether.
+    replaces ``pipeline``, ``skip``, ``print_ir`` and ``instruments`` altogether. The executable's
+    file keeps the float weights (the reference the chip is compared with) in 12-bit fixed point
+    for a target whose cells have levels (:func:`~rramc.runtime.executable.default_reference_weights`),
+    or with ``exact_weights`` as they are.
     """
     start = time.perf_counter()
     if pass_manager is not None and (pipeline is not None or skip or print_ir or instruments):
         raise PassError("give either pass_manager or pipeline/skip/print_ir/instruments, not both: a pass manager brings its own")
     target = load_target(target)
+    passes = resolve_pipeline(pipeline) if pass_manager is None else pass_manager.passes
+    # An nn.Module without an example is traced on the calibration samples; otherwise the graph comes first, so that
+    # an image folder is read with the network's channel count.
+    tracing = isinstance(model, nn.Module) and example_input is None
+    graph: Graph | None = None
+    source, recorded = "", {}
+    if not tracing:
+        graph, source, recorded = import_model(model, example_input)
+    shape = None if graph is None else graph.inputs[0].shape
+    if calibration_data is not None and not isinstance(calibration_data, (torch.Tensor, Dataset)):
+        limit = max((p.samples for p in passes if isinstance(p, Calibrate)), default=CALIBRATION_SAMPLES)
+        calibration_data = to_dataset(calibration_data, what="calibration_data", limit=limit, seed=seed, trust=trust_data,
+                                      shape=shape)
+    if training_data is not None:
+        training_data = require_labels(to_dataset(training_data, what="training_data", trust=trust_data, shape=shape),
+                                       "training")
     samples = calibration_data.images if isinstance(calibration_data, Dataset) else calibration_data
-    if example_input is None and samples is not None and isinstance(model, nn.Module):
-        example_input = samples[:2]  # the calibration batch shows the shapes as well as an example does
-    graph, source, recorded = import_model(model, example_input)
+    if graph is None:
+        graph, source, recorded = import_model(model, None if samples is None else samples[:2])
     if samples is None and example_input is None and recorded.get("model.dataset"):
         # A .pt2 written by rramc.frontend.save_exported names its data set (and crop): calibrate and train on it, as
         # compile_file (the CLI) does, through the same loader.
@@ -94,7 +121,7 @@ def compile(
     timings = PassTimings()
     if pass_manager is None:
         printing = [PrintIR()] if print_ir else []
-        pass_manager = PassManager(resolve_pipeline(pipeline), skip=frozenset(skip), instruments=[*printing, *instruments, timings])
+        pass_manager = PassManager(passes, skip=frozenset(skip), instruments=[*printing, *instruments, timings])
     else:
         pass_manager = PassManager(pass_manager.passes, pass_manager.skip, [*pass_manager.instruments, timings])
     ctx = CompileContext(target, samples, training_data=training_data, seed=seed, progress=progress, log=log)
@@ -106,9 +133,10 @@ def compile(
         warnings.warn(RramcWarning(message), stacklevel=2)
     # Timings are kept on the executable, not in its file: the same compile writes the same bytes.
     info = {"source": source, "pipeline": ctx.artifacts.get("pipeline", ",".join(ctx.passes_run)),
-            "warnings": list(ctx.warnings), **recorded, **(metadata or {})}
+            "warnings": list(ctx.warnings), **recorded, **ctx.artifacts.get("calibration", {}), **(metadata or {})}
     original = ctx.artifacts.get("original")
-    exe = Executable(lowered, target, info, original=original if isinstance(original, Graph) else None)
+    exe = Executable(lowered, target, info, original=original if isinstance(original, Graph) else None,
+                     reference_weights="exact" if exact_weights else None)
     exe.compile_seconds = time.perf_counter() - start
     exe.pass_seconds = dict(timings.timings)
     return exe
@@ -150,63 +178,83 @@ def compile_file(
     factory: str | None = None,
     trust_pickle: bool = False,
     input_shape: tuple[int, ...] | None = None,
-    calibration: str | Dataset | None = None,
+    calibration: str | Path | Dataset | None = None,
     calibration_samples: int = CALIBRATION_SAMPLES,
     data_dir: str | Path | None = None,
-    training: str | Dataset | None = None,
+    training: str | Path | Dataset | None = None,
+    trust_data: bool = False,
     reconstruct: Mapping[str, Any] | None = None,
     pipeline: str | Sequence[Pass] | None = None,
     skip: Sequence[str] = (),
     instruments: Sequence[PassInstrument] = (),
     seed: int = 0,
+    exact_weights: bool = False,
     progress: bool = False,
     log: Callable[[str], None] = lambda message: None,
 ) -> Executable:
     """Compile a model file as ``rramc compile`` does.
 
-    The calibration data set is ``calibration`` (a name or a :class:`Dataset`), else the training
-    data set, else the one the ``.pt2`` records; its train split, shuffled by ``seed``, gives
-    ``calibration_samples`` samples and declares the input range. ``reconstruct`` (options of the
-    ``reconstruct`` pass; ``{}`` for the defaults) retrains on ``training`` (default: the
-    calibration data set) inside the pipeline (default: the ``reconstruct`` pipeline).
+    The calibration data set is ``calibration`` (a builtin name, a data file or image folder, or
+    a :class:`Dataset`), else the training data set, else the one the ``.pt2`` records; its train
+    split (a file: all of it), shuffled by ``seed``, gives ``calibration_samples`` samples and
+    declares the input range. With none of them, ``calibrate`` works from the weights (see
+    :func:`compile`). ``reconstruct`` (options of the ``reconstruct`` pass; ``{}`` for the
+    defaults) retrains on ``training`` (default: the calibration data set) inside the pipeline
+    (default: the ``reconstruct`` pipeline). ``trust_data`` allows a ``.pt`` data file that needs pickle;
+    ``exact_weights`` as in :func:`compile`.
     """
     if calibration_samples < 1:
         raise RramcError(f"--calibration-samples {calibration_samples}: need at least 1 sample to calibrate on")
     target_spec = load_target(target)
-    loaded = _load(model, factory, trust_pickle, input_shape, calibration if calibration is not None else training, data_dir)
-    crop = loaded.metadata.get("crop")
-    name = calibration if calibration is not None else (training if training is not None else loaded.metadata.get("dataset"))
-    if name is None:
-        raise RramcError(f"{model} records no data set: pass --calibration DATASET (digits, mnist, fashion-mnist, cifar10) to "
-                         "calibrate on, and with --reconstruct --dataset DATASET to train on")
-    (graph_input,) = loaded.graph.inputs
-    calibration_set = _dataset(name, data_dir, crop).shuffled(seed).take(calibration_samples)
-    samples = fit_inputs(calibration_set.images, graph_input.shape, calibration_set.name)
-    training_set = None
     passes = None if pipeline is None else resolve_pipeline(pipeline)
     if reconstruct is not None:
         passes = with_reconstruct(passes, dict(reconstruct))
-    if passes is not None and any(p.name == "reconstruct" for p in passes):
-        training_set = _dataset(training if training is not None else name, data_dir, crop)
-        fit_inputs(training_set.images[:1], graph_input.shape, training_set.name)
-    elif training is not None:
+    trains = passes is not None and any(p.name == "reconstruct" for p in passes)
+    if training is not None and not trains:
         raise RramcError("--dataset names the training data of --reconstruct (or of a pipeline with a reconstruct pass); "
                          "to calibrate on a data set use --calibration")
-    metadata = {"source": str(model), "calibration": calibration_set.name, **{f"model.{k}": v for k, v in loaded.metadata.items()}}
+    named = calibration if calibration is not None else training
+    if input_shape is None and named is not None and not is_export_archive(model):  # the file does not record it: the data's
+        input_shape = _dataset(named, data_dir, None, trust=trust_data, limit=calibration_samples, seed=seed).sample_shape
+    loaded = load_model(model, factory=factory, trust_pickle=trust_pickle, input_shape=input_shape)
+    (graph_input,) = loaded.graph.inputs
+    crop = loaded.metadata.get("crop")
+    name = named if named is not None else loaded.metadata.get("dataset")
+    if name is None and trains:
+        raise RramcError(f"{model} records no data set: pass --calibration DATASET (digits, mnist, fashion-mnist, cifar10, "
+                         "or a data file) to calibrate on, and with --reconstruct --dataset DATASET to train on")
+    metadata: dict[str, Any] = {"source": str(model)}
+    samples, value_range = None, None
+    if name is not None:
+        calibration_set = _dataset(name, data_dir, crop, trust=trust_data, shape=graph_input.shape, limit=calibration_samples,
+                                   seed=seed)
+        samples = fit_inputs(calibration_set.images, graph_input.shape, calibration_set.name)
+        value_range = calibration_set.value_range
+        metadata["calibration"] = calibration_set.name
+        if not isinstance(name, Dataset) and not is_builtin(name):
+            low, high = value_range
+            log(f"calibrating on {len(calibration_set)} samples of {calibration_set.name}: the network's inputs are declared "
+                f"in [{low:g}, {high:g}], the range of those values")
+    metadata.update({f"model.{k}": v for k, v in loaded.metadata.items()})
+    training_set = None
+    if trains:
+        training_set = _dataset(training if training is not None else name, data_dir, crop, trust=trust_data,  # type: ignore[arg-type]
+                                shape=graph_input.shape)
+        require_labels(training_set, "training (--reconstruct)")
+        fit_inputs(training_set.images[:1], graph_input.shape, training_set.name)
     return compile(loaded.graph, target_spec, pipeline=passes, calibration_data=samples, training_data=training_set,
-                   input_range=calibration_set.value_range, seed=seed, skip=skip, instruments=instruments, metadata=metadata,
-                   progress=progress, log=log)
+                   input_range=value_range, seed=seed, skip=skip, instruments=instruments, metadata=metadata,
+                   exact_weights=exact_weights, progress=progress, log=log)
 
 
-def _load(model: str | Path, factory: str | None, trust_pickle: bool, input_shape: tuple[int, ...] | None,
-          data: str | Dataset | None, data_dir: str | Path | None) -> LoadedModel:
-    if input_shape is None and data is not None and Path(model).suffix != ".pt2":
-        input_shape = data.sample_shape if isinstance(data, Dataset) else load_dataset(data, "train", data_dir).sample_shape
-    return load_model(model, factory=factory, trust_pickle=trust_pickle, input_shape=input_shape)
-
-
-def _dataset(data: str | Dataset, data_dir: str | Path | None, crop: int | None) -> Dataset:
-    dataset = data if isinstance(data, Dataset) else load_dataset(data, "train", data_dir)
+def _dataset(data: str | Path | Dataset, data_dir: str | Path | None, crop: int | None, *, trust: bool = False,
+             shape: tuple[int, ...] | None = None, limit: int | None = None, seed: int = 0) -> Dataset:
+    """The train split of a builtin data set, a data file or folder, or a :class:`Dataset`; ``limit`` samples drawn by
+    ``seed`` (see :func:`~rramc.datasets.user_data.load_data`), center-cropped to ``crop``."""
+    if isinstance(data, Dataset):
+        dataset = data if limit is None else data.shuffled(seed).take(limit)
+    else:
+        dataset = load_data(data, "train", data_dir, trust=trust, shape=shape, limit=limit, seed=seed)
     return dataset.center_crop(crop) if crop and dataset.sample_shape[-1] > crop else dataset
 
 

@@ -389,20 +389,21 @@ def test_run_on_mnist_idx_files(flat: bool, mnist_dir: Path, tmp_path: Path) -> 
 
 
 def test_inspect_shows_ir_tiles_and_utilisation(chip_exe: Path) -> None:
-    text = ok("inspect", chip_exe)
+    """The IR and the list of every array on request (--ir, --arrays); by default a line per layer (tests/test_inspect_summary.py)."""
+    text = ok("inspect", chip_exe, "--ir", "--arrays")
     assert str(chip_exe) in text and "mlp.pt2" in text
     assert "pipeline canonicalize,quantize,tile,calibrate,emit" in text
     assert "target rram_a" in text
     assert "read at 1 V: cells 0.136–13.6 µA (on/off 100), column ≤ 1.74 mA" in text  # derived from the device
     assert "limits: compliance 20 µA, sense range 2.5 mA" in text
     assert "graph {" in text and text.count("= xbar.linear(") == 2
-    assert "Tiles" in text and "utilisation" in text and "word lines" in text
+    assert "Arrays (one per tile)" in text and "utilisation" in text and "word lines" in text
     assert "0:64" in text and "25.0 %" in text  # 64 rows × 32 differential outputs of 128×128
     assert re.search(r"2 arrays of 128×128, 4,736 of 32,768 cells used \(14\.5 %\)", text)
 
-    brief = ok("inspect", chip_exe, "--no-ir", "--no-tiles")
-    assert "xbar.linear" not in brief and "Tiles" not in brief
-    assert "2 arrays of 128×128" in brief
+    brief = ok("inspect", chip_exe)
+    assert "graph {" not in brief and "= xbar.linear(" not in brief and "Arrays (one per tile)" not in brief
+    assert "Layers" in brief and "2 arrays of 128×128" in brief
 
 
 def test_passes_lists_the_builtin_passes_with_options() -> None:

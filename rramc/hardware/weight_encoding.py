@@ -101,17 +101,49 @@ class WeightEncoding(ABC):
         return None
 
 
-def _compute(weight: Tensor) -> Tensor:
-    """The weight in the precision of the mapping: float64 unless it is being trained."""
-    return weight if weight.requires_grad else weight.detach().to(torch.float64)
+BLOCK = 1 << 18
+"""Weights mapped at once (whole outputs): float64 intermediates of a few MB, which stay in cache, not of the
+whole layer."""
+
+Cells = Callable[["Tensor", "Tensor"], tuple["Tensor", "Tensor"]]
+"""An encoding's cell map: a block of the weight ``[outputs, inputs]`` and the peak of each of its outputs →
+``g_pos``/``g_neg`` ``[outputs·k, inputs]`` (``k`` cells per weight); each cell depends on its weight and its output's peak alone."""
 
 
-def _finish(weight: Tensor, g_pos: Tensor, g_neg: Tensor, scale: Tensor) -> MappedWeights:
-    """``[inputs, outputs]`` conductances in the weight's own precision."""
+def _map_cells(weight: Tensor, peak: Tensor, cells: Cells) -> tuple[Tensor, Tensor]:
+    """``cells`` of ``weight`` as ``[inputs, outputs·k]`` conductances in the weight's precision.
+
+    A weight being trained is mapped at once, differentiably. Otherwise the map runs in float64
+    on blocks of whole outputs (the cells of a block depend on nothing outside it), which gives
+    the same values as mapping the whole matrix at once in a fraction of the memory and time.
+    """
     if weight.requires_grad:
-        return MappedWeights(g_pos.T, g_neg.T, scale)
-    dtype = weight.dtype
-    return MappedWeights(g_pos.T.to(dtype).contiguous(), g_neg.T.to(dtype).contiguous(), scale.to(dtype))
+        g_pos, g_neg = cells(weight, peak)
+        return g_pos.T, g_neg.T
+    outputs, inputs = weight.shape
+    peak = peak.detach().to(torch.float64)
+    step = max(1, BLOCK // max(inputs, 1))
+    g_pos = g_neg = None
+    for a in range(0, outputs, step):
+        block_pos, block_neg = cells(weight[a:a + step].detach().to(torch.float64), peak[a:a + step])
+        if g_pos is None or g_neg is None:
+            k = block_pos.shape[0] // min(step, outputs)  # cells per weight
+            g_pos, g_neg = (weight.new_empty((inputs, outputs * k)) for _ in range(2))
+        g_pos[:, a * k:a * k + block_pos.shape[0]] = block_pos.T
+        g_neg[:, a * k:a * k + block_neg.shape[0]] = block_neg.T
+    assert g_pos is not None and g_neg is not None
+    return g_pos, g_neg
+
+
+def _peak(weight: Tensor, per_column: bool) -> Tensor:
+    """:func:`~rramc.hardware.mapping.weight_peak` in float64 (taken in the weight's precision: the same values)."""
+    peak = mapping.weight_peak(weight if weight.requires_grad else weight.detach(), per_column)
+    return peak if weight.requires_grad else peak.to(torch.float64)
+
+
+def _scale(weight: Tensor, scale: Tensor) -> Tensor:
+    """The conductance scale in the weight's own precision."""
+    return scale if weight.requires_grad else scale.to(weight.dtype)
 
 
 class Differential(WeightEncoding):
@@ -129,42 +161,44 @@ class Differential(WeightEncoding):
         return 2 * outputs
 
     def map(self, weight: Tensor, *, per_column: bool, levels: int | None) -> MappedWeights:
-        w = _compute(weight)
         rc, c = self.read_current, self.target.conductance
-        peak = mapping.weight_peak(w, per_column)
-        scale = (c.g_max - c.g_min) / peak  # S per weight unit (in the current domain: scale · response)
-        if rc.linear and levels is None:
-            # I linear in G and no rounding: the same map, without the round trip through currents.
-            g_pos = c.g_min + scale[:, None] * torch.relu(w)
-            g_neg = c.g_min + scale[:, None] * torch.relu(-w)
-        else:
-            per_weight = scale * rc.response
-            g_pos = rc.conductance(rc.i_min + per_weight[:, None] * torch.relu(w), levels)
-            g_neg = rc.conductance(rc.i_min + per_weight[:, None] * torch.relu(-w), levels)
-        return _finish(weight, g_pos, g_neg, scale)
+
+        def cells(w: Tensor, peak: Tensor) -> tuple[Tensor, Tensor]:
+            scale = (c.g_max - c.g_min) / peak  # S per weight unit (in the current domain: scale · response)
+            sides = torch.stack([torch.relu(w), torch.relu(-w)])  # both cells of the pair in one pass of each operation
+            if rc.linear and levels is None:
+                # I linear in G and no rounding: the same map, without the round trip through currents.
+                g = c.g_min + scale[:, None] * sides
+            else:
+                g = rc.conductance(rc.i_min + (scale * rc.response)[:, None] * sides, levels)
+            return g[0], g[1]
+
+        peak = _peak(weight, per_column)
+        return MappedWeights(*_map_cells(weight, peak, cells), _scale(weight, (c.g_max - c.g_min) / peak))
 
     def map_sliced(self, weight: Tensor, *, per_column: bool, slices: int, bits: int, levels: int | None) -> MappedWeights:
         # |W| / peak becomes an integer of slices·bits bits; each slice holds one base-2^bits digit of it, as
         # an evenly spaced read current (what the shift-and-add needs), on G⁺ for positive and G⁻ for negative weights.
-        w = _compute(weight)
         rc, c = self.read_current, self.target.conductance
-        peak = mapping.weight_peak(w.detach(), per_column)
-        scale = (c.g_max - c.g_min) / peak
         top, base = (1 << (bits * slices)) - 1, 1 << bits
-        magnitude = (w.detach().abs() / peak[:, None] * top).round()
-        positive = w.detach() > 0
-        digits = torch.stack([torch.remainder(torch.div(magnitude, base**s, rounding_mode="floor"), base) for s in range(slices)], 1)
         per_digit = (rc.i_max - rc.i_min) / (base - 1)
-        cells = [rc.conductance(rc.i_min + per_digit * torch.where(side[:, None], digits, torch.zeros_like(digits)), levels)
-                 for side in (positive, ~positive)]  # [outputs, slices, inputs] each
-        if weight.requires_grad:
-            # Straight through, on the most significant slice: the pair's conductance difference moves with c·W.
-            most = (1 << (bits * (slices - 1))) * (base - 1) / top
-            nudge = (scale[:, None] * (w - w.detach()) / most)[:, None]
-            last = torch.arange(slices, device=w.device) == slices - 1
-            cells = [cells[0] + torch.where(last[None, :, None], nudge / 2, 0.0), cells[1] - torch.where(last[None, :, None], nudge / 2, 0.0)]
-        g_pos, g_neg = (g.reshape(-1, g.shape[-1]) for g in cells)
-        return _finish(weight, g_pos, g_neg, scale)
+
+        def cells(w: Tensor, peak: Tensor) -> tuple[Tensor, Tensor]:
+            magnitude = (w.detach().abs() / peak[:, None] * top).round()
+            positive = w.detach() > 0
+            digits = torch.stack([torch.remainder(torch.div(magnitude, base**s, rounding_mode="floor"), base) for s in range(slices)], 1)
+            pair = [rc.conductance(rc.i_min + per_digit * torch.where(side[:, None], digits, torch.zeros_like(digits)), levels)
+                    for side in (positive, ~positive)]  # [outputs, slices, inputs] each
+            if w.requires_grad:
+                # Straight through, on the most significant slice: the pair's conductance difference moves with c·W.
+                most = (1 << (bits * (slices - 1))) * (base - 1) / top
+                nudge = ((c.g_max - c.g_min) / peak[:, None] * (w - w.detach()) / most)[:, None]
+                last = torch.arange(slices, device=w.device) == slices - 1
+                pair = [pair[0] + torch.where(last[None, :, None], nudge / 2, 0.0), pair[1] - torch.where(last[None, :, None], nudge / 2, 0.0)]
+            return pair[0].reshape(-1, w.shape[-1]), pair[1].reshape(-1, w.shape[-1])
+
+        peak = _peak(weight, per_column).detach()  # the slices' digits are not trained through the peak
+        return MappedWeights(*_map_cells(weight, peak, cells), _scale(weight, (c.g_max - c.g_min) / peak))
 
     def cell_terms(self, weight: Tensor, expansion: Expansion, *, per_column: bool) -> tuple[Tensor, Tensor] | None:
         # ψ(G⁺) - ψ(G⁻) depends on the weight only through t = c·W (the read-current difference at full
@@ -215,16 +249,18 @@ class Offset(WeightEncoding):
         return float(c.g_min + torch.round((mid - c.g_min) / step) * step)
 
     def map(self, weight: Tensor, *, per_column: bool, levels: int | None) -> MappedWeights:
-        w = _compute(weight)
         rc = self.read_current
         g_ref = self.reference(levels)
         i_ref = rc.current_at(g_ref)
         half = min(rc.i_max - i_ref, i_ref - rc.i_min)
-        peak = mapping.weight_peak(w, per_column)
+
+        def cells(w: Tensor, peak: Tensor) -> tuple[Tensor, Tensor]:
+            g_pos = rc.conductance(i_ref + (half / peak)[:, None] * w, levels)
+            return g_pos, torch.full_like(g_pos, g_ref)
+
+        peak = _peak(weight, per_column)
         per_weight = half / peak  # A per weight unit
-        g_pos = rc.conductance(i_ref + per_weight[:, None] * w, levels)
-        g_neg = torch.full_like(g_pos, g_ref)
-        return _finish(weight, g_pos, g_neg, per_weight / rc.response)
+        return MappedWeights(*_map_cells(weight, peak, cells), _scale(weight, per_weight / rc.response))
 
     def program(self, g_pos: Tensor, g_neg: Tensor, write: Callable[[Tensor], Tensor], grid: TileGrid) -> tuple[Tensor, Tensor]:
         # One reference cell per word line and array, shared by the array's columns.

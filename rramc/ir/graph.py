@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,18 @@ class Node:
     def source(self) -> str:
         """The PyTorch layer this node came from, for messages."""
         return str(self.meta.get("source", self.name))
+
+
+def _tensors_in(value: Any) -> Iterator[torch.Tensor]:
+    """The tensors an attribute holds (itself, or inside a tuple, list or typed attribute)."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors_in(item)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for member in dataclasses.fields(value):
+            yield from _tensors_in(getattr(value, member.name))
 
 
 class Graph:
@@ -131,9 +144,18 @@ class Graph:
             del self._nodes[name]
         return dead
 
-    def copy(self) -> Graph:
-        """A deep copy: tensors, ops and metadata are not shared with this graph."""
-        return copy.deepcopy(self)
+    def copy(self, *, share_tensors: bool = False) -> Graph:
+        """A deep copy: ops and metadata are not shared with this graph; nor are tensors, unless
+        ``share_tensors`` (passes replace an op's tensors, never change them in place: sharing them is
+        safe for the graph and saves a copy of every weight and conductance)."""
+        if not share_tensors:
+            return copy.deepcopy(self)
+        memo: dict[int, Any] = {}
+        for node in self:
+            for value in node.op.attributes().values():
+                for tensor in _tensors_in(value):
+                    memo[id(tensor)] = tensor
+        return copy.deepcopy(self, memo)
 
     # --- algorithms ----------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,8 +16,8 @@ from rramc.hardware.interpreter import Chip, FloatKernel, Interpreter
 from rramc.hardware.observers import ClipCounter
 from rramc.hardware.target import Target
 from rramc.hardware.weight_encoding import WEIGHT_ENCODINGS
-from rramc.ir import CrossbarOp, Graph
-from rramc.runtime.file_format import deserialize, serialize, write_atomically
+from rramc.ir import CrossbarOp, Graph, Input, Node, Output
+from rramc.runtime.file_format import REFERENCE_WEIGHTS, deserialize, serialize, write_atomically
 from rramc.runtime.report import Report
 
 if TYPE_CHECKING:
@@ -31,10 +33,19 @@ class Executable:
     """
 
     def __init__(self, graph: Graph, target: Target, metadata: dict[str, Any] | None = None, *,
-                 original: Graph | None = None) -> None:
+                 original: Graph | None = None, reference_weights: str | None = None) -> None:
         self.graph, self.target = graph, target
         self.original = original
         """The float network as given, when compiling changed it (``reconstruct`` retrains it); None otherwise."""
+        if reference_weights is None:
+            reference_weights = default_reference_weights(target)
+        if reference_weights not in REFERENCE_WEIGHTS:
+            raise RramcError(f"reference_weights {reference_weights!r}: expected one of {', '.join(REFERENCE_WEIGHTS)}")
+        self.reference_weights = reference_weights
+        """How :meth:`save` keeps the layers' float weights, the reference the chip is compared with: ``fixed12``
+        (12-bit fixed point, see :data:`~rramc.runtime.file_format.REFERENCE_WEIGHTS`) or ``exact``; by default
+        :func:`default_reference_weights`."""
+        self._weights_held = "exact"  # how the weights in memory are: as compiled, or as the file loaded kept them
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.compile_seconds: float | None = None
         self.pass_seconds: dict[str, float] = {}
@@ -91,7 +102,9 @@ class Executable:
             raise RramcError(f"Executable.run takes an rramc Dataset (rramc.load_dataset(name, split), or "
                              f"rramc.Dataset(name, split, images, labels, num_classes)), got {type(dataset).__name__}; "
                              "for a batch of inputs, call the executable: exe(x)")
-        return evaluate(self, dataset, **options)
+        report = evaluate(self, dataset, **options)
+        report.reference_weights = self.reference_description()
+        return report
 
     # --- files ---------------------------------------------------------------------------------
 
@@ -99,7 +112,8 @@ class Executable:
         """Write the executable file (atomically: no partial file on failure)."""
         path = Path(path)
         try:
-            write_atomically(path, serialize(self.graph, self.target, self.metadata, self.original))
+            write_atomically(path, serialize(self.graph, self.target, self.metadata, self.original,
+                                             reference_weights=self.reference_weights))
         except OSError as exc:
             raise RramcError(f"cannot write the executable to {path}: {exc.strerror or exc}") from None
         return path
@@ -117,10 +131,17 @@ class Executable:
                                         f"(rramc compile {path} -t TARGET)")
         if kind in ("report", "png", "empty"):
             raise ExecutableFormatError(f"{path} is {describe_kind(kind)}, not an rramc executable (.rramx, written by rramc compile)")
-        graph, target, metadata, original = deserialize(path.read_bytes(), str(path))
-        return cls(graph, target, metadata, original=original)
+        contents = deserialize(path.read_bytes(), str(path))
+        exe = cls(contents.graph, contents.target, contents.metadata, original=contents.original,
+                  reference_weights=contents.reference_weights)
+        exe._weights_held = contents.reference_weights
+        return exe
 
     # --- layout --------------------------------------------------------------------------------
+
+    def reference_description(self) -> str:
+        """How the float reference's weights are held, in words: as compiled, or as the file this was loaded from kept them."""
+        return REFERENCE_WEIGHTS[self._weights_held]
 
     def device_evaluation(self) -> str:
         """How the runtime computes the columns of each distinct converter setting, with the error."""
@@ -141,10 +162,41 @@ class Executable:
         return "; ".join(dict.fromkeys(lines))
 
     def array_count(self) -> int:
-        return sum(len(n.op.tiles()) for n in self.graph.nodes_of(CrossbarOp))  # type: ignore[attr-defined]
+        """Arrays the chip programs: every tile of every crossbar layer, once for layers that share arrays."""
+        return sum(len(n.op.tiles()) for n in self.graph.nodes_of(CrossbarOp) if n.op.shares is None)  # type: ignore[attr-defined]
+
+    def layer_summary(self) -> list[LayerSummary]:
+        """In graph order, a line per crossbar layer and one per run of digital ops between two (the graph's
+        inputs and output left out): what ``rramc inspect`` shows by default."""
+        spec = self.target.crossbar
+        lines: list[LayerSummary] = []
+        digital: list[Node] = []
+        for node in self.graph:
+            if isinstance(node.op, (Input, Output)):
+                continue
+            if not isinstance(node.op, CrossbarOp):
+                digital.append(node)
+                continue
+            if digital:
+                lines.append(_digital_run(digital))
+                digital = []
+            op = node.op
+            encoding = WEIGHT_ENCODINGS.get(op.weight_encoding)(self.target)
+            tiles = op.tiles()
+            cells = sum((rows.stop - rows.start) * encoding.bit_lines(cols.stop - cols.start) for rows, cols in tiles)
+            lines.append(LayerSummary(
+                name=node.source, kind=op.kind, analog=True, matrix=op.matrix_shape, tiles=len(tiles),
+                arrays=0 if op.shares is not None else len(tiles), shares=op.shares,
+                utilisation=cells / (len(tiles) * spec.rows * spec.cols) if tiles else None,
+                weight_encoding=op.weight_encoding + (f" {op.slices}×{op.slice_bits}b" if op.weight_slices else ""),
+                input_encoding=op.input_encoding, converters=(op.dac_bits, op.adc_bits)))
+        if digital:
+            lines.append(_digital_run(digital))
+        return lines
 
     def array_usage(self) -> list[dict[str, Any]]:
-        """One entry per tile: layer, array, rows, outputs, physical columns and cell utilisation."""
+        """One entry per tile: layer, array, rows, outputs, physical columns and cell utilisation; ``shares``: the
+        layer whose arrays the tile's layer reads (None: its own)."""
         spec = self.target.crossbar
         usage = []
         for node in self.graph.nodes_of(CrossbarOp):
@@ -156,11 +208,54 @@ class Executable:
                 n_rows, n_outs = rows.stop - rows.start, cols.stop - cols.start
                 cells = n_rows * encoding.bit_lines(n_outs)
                 usage.append({
-                    "layer": node.source, "node": node.name, "array": arrays[i] if i < len(arrays) else None,
+                    "layer": node.source, "node": node.name, "shares": op.shares, "array": arrays[i] if i < len(arrays) else None,
                     "rows": (rows.start, rows.stop), "outputs": (cols.start, cols.stop),
                     "cells": cells, "utilisation": cells / (spec.rows * spec.cols),
                 })
         return usage
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """A line of :meth:`Executable.layer_summary`: a crossbar layer (analog), or a run of digital ops between two."""
+
+    name: str
+    """The layer's source; for a digital run, its first and last op's."""
+    kind: str
+    """The op kind; for a digital run, its ops' kinds with their counts."""
+    analog: bool
+    ops: int = 1
+    matrix: tuple[int, int] | None = None
+    """Word lines × outputs of a crossbar layer's weight matrix."""
+    tiles: int = 0
+    arrays: int = 0
+    """Arrays the layer programs: one per tile, none when it reads another layer's (``shares``)."""
+    shares: str | None = None
+    utilisation: float | None = None
+    """Share of its arrays' cells that hold its weights."""
+    weight_encoding: str = ""
+    """The weight encoding, with ``S×Bb`` when each weight is spread over ``S`` slices of ``B`` bits."""
+    input_encoding: str = ""
+    converters: tuple[int | None, int | None] = (None, None)
+    """Bits of the DAC that drives its word lines and of the ADCs that read its bit lines (None: ideal)."""
+
+
+def _digital_run(nodes: list[Node]) -> LayerSummary:
+    kinds = Counter(node.op.kind for node in nodes)
+    sources = list(dict.fromkeys(node.source for node in nodes))
+    return LayerSummary(name=sources[0] if len(sources) == 1 else f"{sources[0]} … {sources[-1]}",
+                        kind=", ".join(kind if count == 1 else f"{kind} ×{count}" for kind, count in kinds.items()),
+                        analog=False, ops=len(nodes))
+
+
+def default_reference_weights(target: Target) -> str:
+    """``fixed12`` for a chip whose cells have levels, ``exact`` for continuous cells (the ``ideal`` target).
+
+    A reference in 12-bit fixed point is off by under 1/2047 of each output's largest weight, far
+    below what a chip with levels loses; a chip of continuous cells computes the weights as given,
+    and only an exact reference shows it (its file keeps float32 conductances anyway).
+    """
+    return "exact" if target.conductance.levels is None else "fixed12"
 
 
 SEED_LIMIT = 2**63

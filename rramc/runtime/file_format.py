@@ -2,10 +2,15 @@
 
 Layout (format ``rramx``, version :data:`FORMAT_VERSION`): the safetensors header's metadata
 holds ``rramx.manifest`` (target spec, graph nodes with their non-tensor attributes, user
-metadata, the sha256 of every tensor, and where each tensor's bytes lie) and
-``rramx.manifest_sha256``; the tensors are the ops' tensor attributes, keyed
-``<node>.<attribute>``. Nothing is pickled. A file that is truncated, altered, not an rramc
-executable or from a newer format is refused with a message saying so.
+metadata, how the reference weights are kept, the sha256 of every tensor, and where each
+tensor's bytes lie) and ``rramx.manifest_sha256``; the tensors are the ops' tensor attributes,
+keyed ``<node>.<attribute>``. Three kinds are stored compactly (:mod:`rramc.runtime.compact`):
+an op's conductance pair as ``<node>.conductances.codes`` into ``<node>.conductances.codebook``
+where that is smaller (exact), a program layer's weight (the chip's float reference; the network
+as given keeps its own) as ``<node>.weight.fixed12`` and ``<node>.weight.exponents`` unless the
+executable keeps exact weights, and a tensor that several ops hold (the same object) once,
+under the key of its first holder. Nothing is pickled. A file that is truncated, altered, not
+an rramc executable or from a newer format is refused with a message saying so.
 
 What the checksums pin: the manifest (its sha256), and through it every entry of the safetensors
 header: the set of tensor names (exactly the manifest's), each tensor's dtype, shape and bytes
@@ -32,7 +37,7 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import safetensors.torch
 import torch
@@ -40,25 +45,124 @@ import torch
 from rramc.errors import ExecutableFormatError, RramcError
 from rramc.hardware.target import Target
 from rramc.ir import ATTRIBUTES, OPS, Attribute, Graph
+from rramc.runtime.compact import FIXED_ERROR, decode_pairs, fix, pair_codebook, unfix
 
 FORMAT = "rramx"
-FORMAT_VERSION = 2
-"""2: typed op attributes (input_range, trained_for, encodings); checksums cover dtype and shape.
+FORMAT_VERSION = 3
+"""3: conductance pairs coded into a codebook of their distinct pairs, layer weights in 12-bit fixed point
+(unless exact), a tensor shared by several ops stored once; ``reference_weights`` says how weights are kept.
+2: typed op attributes (input_range, trained_for, encodings); checksums cover dtype and shape.
 1: input_scale/input_signed fields and the reconstruction record in meta (read and migrated)."""
+
+REFERENCE_WEIGHTS = {
+    "fixed12": f"12-bit fixed point per output (error {FIXED_ERROR})",
+    "exact": "exact (as compiled)",
+}
+"""How an executable keeps the float weights its chip is compared with (``reference_weights``), described.
+Files before format 3 keep them exactly."""
+
+_FLOAT_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _sha256_tensor(t: torch.Tensor, version: int = FORMAT_VERSION) -> str:
     digest = hashlib.sha256()
     if version >= 2:  # a tensor re-typed or re-shaped with the same bytes must not pass
         digest.update(f"{t.dtype}{list(t.shape)}".encode())
-    digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # the bytes, without a copy
     return digest.hexdigest()
 
 
-def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+class _TensorWriter:
+    """The tensors of a file being written, and what the manifest records in place of each."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._written: dict[tuple[str, int, int], tuple[Any, Any]] = {}  # (how, ids) → (held objects, manifest entry)
+        self._storages: set[int] = set()
+
+    def _add(self, key: str, value: torch.Tensor) -> None:
+        tensor = value.detach().cpu().contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in self._storages:  # safetensors refuses two tensors on one storage (views of one tensor)
+            tensor = tensor.clone()
+        self._storages.add(tensor.untyped_storage().data_ptr())
+        self.tensors[key] = tensor
+
+    def _once(self, how: str, values: tuple[torch.Tensor, ...], write: Callable[[], Any]) -> Any:
+        """``write()``'s manifest entry, or the one the same tensors (by identity) were written with already."""
+        memo = (how, id(values[0]), id(values[-1]))
+        if memo not in self._written:
+            self._written[memo] = (values, write())  # holding the objects keeps their ids from being reused
+        return self._written[memo][1]
+
+    def tensor(self, value: torch.Tensor, key: str) -> dict[str, Any]:
+        def write() -> dict[str, Any]:
+            self._add(key, value)
+            return {"tensor": key}
+        return self._once("tensor", (value,), write)
+
+    def pair(self, g_pos: torch.Tensor, g_neg: torch.Tensor, prefix: str) -> tuple[Any, Any]:
+        """The entries of a conductance pair: codes into a codebook of its distinct pairs, or the two tensors."""
+        def write() -> tuple[Any, Any]:
+            coded = pair_codebook(g_pos, g_neg)
+            if coded is None:
+                return self.tensor(g_pos, f"{prefix}.g_pos"), self.tensor(g_neg, f"{prefix}.g_neg")
+            key = f"{prefix}.conductances"
+            self._add(f"{key}.codes", coded[0])
+            self._add(f"{key}.codebook", coded[1])
+            return ({"pair": key, "side": 0, "shape": list(g_pos.shape)}, {"pair": key, "side": 1, "shape": list(g_pos.shape)})
+        return self._once("pair", (g_pos, g_neg), write)
+
+    def fixed_weight(self, value: torch.Tensor, key: str) -> dict[str, Any]:
+        """A layer's float weight in 12-bit fixed point (as it is where it cannot be: non-finite values)."""
+        def write() -> dict[str, Any]:
+            fixed = fix(value)
+            if fixed is None:
+                return self.tensor(value, key)
+            packed, exponents = fixed
+            self._add(f"{key}.fixed12", packed)
+            self._add(f"{key}.exponents", exponents)
+            return {"fixed12": key, "shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
+        return self._once("weight", (value,), write)
+
+
+class _TensorReader:
+    """The tensors of a file being read, decoded once each: tensors held by several ops come back as one object."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+        self._decoded: dict[str, Any] = {}
+
+    def get(self, entry: dict[str, Any]) -> torch.Tensor | None:
+        """The tensor a manifest entry stands for; None if the entry is not a tensor's.
+
+        Raises ``KeyError``/``ValueError`` (turned into "corrupt" by the caller) for a malformed entry.
+        """
+        if "tensor" in entry:
+            return self.tensors[entry["tensor"]]
+        if "pair" in entry:
+            key = entry["pair"]
+            if key not in self._decoded:
+                self._decoded[key] = decode_pairs(self.tensors[f"{key}.codes"], self.tensors[f"{key}.codebook"], _shape(entry["shape"]))
+            return self._decoded[key][[0, 1].index(entry["side"])]
+        if "fixed12" in entry:
+            key = entry["fixed12"]
+            if key not in self._decoded:
+                self._decoded[key] = unfix(self.tensors[f"{key}.fixed12"], self.tensors[f"{key}.exponents"], _shape(entry["shape"]),
+                                           _FLOAT_DTYPES[entry["dtype"]])
+            return self._decoded[key]
+        return None
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        raise ValueError(f"a tensor shape is {str(value)[:40]}, expected a list of sizes")
+    return tuple(value)
+
+
+def _encode(value: Any, key: str, tensors: _TensorWriter) -> Any:
     if isinstance(value, torch.Tensor):
-        tensors[key] = value.detach().cpu().contiguous().clone()
-        return {"tensor": key}
+        return tensors.tensor(value, key)
     if isinstance(value, tuple):
         return {"tuple": [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]}
     if isinstance(value, Attribute):
@@ -72,9 +176,9 @@ def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
     raise TypeError(f"cannot store attribute {key} of type {type(value).__name__}")
 
 
-def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(value, dict) and "tensor" in value:
-        return tensors[value["tensor"]]
+def _decode(value: Any, tensors: _TensorReader) -> Any:
+    if isinstance(value, dict) and ("tensor" in value or "pair" in value or "fixed12" in value):
+        return tensors.get(value)
     if isinstance(value, dict) and "tuple" in value:
         return tuple(_decode(v, tensors) for v in value["tuple"])
     if isinstance(value, dict) and "list" in value:
@@ -153,16 +257,25 @@ ORIGINAL_PREFIX = "original/"
 """Tensor keys of the original network (``original_nodes``), apart from the program's ``<node>.<attribute>``."""
 
 
-def serialize(graph: Graph, target: Target, metadata: dict[str, Any], original: Graph | None = None) -> bytes:
-    """The bytes of an executable file; ``original`` is the float network as given, when compiling changed it."""
+def serialize(graph: Graph, target: Target, metadata: dict[str, Any], original: Graph | None = None, *,
+              reference_weights: str = "fixed12") -> bytes:
+    """The bytes of an executable file; ``original`` is the float network as given, when compiling changed it.
+
+    ``reference_weights`` (a key of :data:`REFERENCE_WEIGHTS`) says how layer weights are kept.
+    """
     from rramc._version import __version__
 
-    tensors: dict[str, torch.Tensor] = {}
-    nodes = _encode_graph(graph, "", tensors)
-    original_nodes = None if original is None else _encode_graph(original, ORIGINAL_PREFIX, tensors)
+    if reference_weights not in REFERENCE_WEIGHTS:
+        raise ValueError(f"reference_weights {reference_weights!r}: expected one of {', '.join(REFERENCE_WEIGHTS)}")
+    tensors = _TensorWriter()
+    nodes = _encode_graph(graph, "", tensors, fixed_weights=reference_weights == "fixed12")
+    # The network as given keeps its weights: its accuracy is reported as PyTorch's.
+    original_nodes = None if original is None else _encode_graph(original, ORIGINAL_PREFIX, tensors, fixed_weights=False)
     # Where safetensors puts each tensor's bytes does not depend on the metadata: lay them out
-    # once without it to record the offsets in the manifest, which the metadata then carries.
-    offsets = {k: v["data_offsets"] for k, v in _parse_header(safetensors.torch.save(tensors))[0].items() if k != "__metadata__"}
+    # once without it, record the offsets in the manifest, and put the manifest in that header.
+    laid_out = safetensors.torch.save(tensors.tensors)
+    header, start = _parse_header(laid_out)
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -170,38 +283,37 @@ def serialize(graph: Graph, target: Target, metadata: dict[str, Any], original: 
         "target": target.to_mapping(),
         "nodes": nodes,
         "metadata": metadata,
-        "tensor_sha256": {k: _sha256_tensor(t) for k, t in tensors.items()},
-        "tensor_offsets": offsets,
+        "reference_weights": reference_weights,
+        "tensor_sha256": {k: _sha256_tensor(t) for k, t in tensors.tensors.items()},
+        "tensor_offsets": {k: v["data_offsets"] for k, v in entries.items()},
     }
     if original_nodes is not None:
         manifest["original_nodes"] = original_nodes
     text = json.dumps(manifest, sort_keys=True)
-    header = {"rramx.manifest": text, "rramx.manifest_sha256": hashlib.sha256(text.encode()).hexdigest()}
-    data = _with_canonical_header(safetensors.torch.save(tensors, metadata=header))
-    written = {k: v["data_offsets"] for k, v in _parse_header(data)[0].items() if k != "__metadata__"}
-    if written != offsets:  # pragma: no cover - safetensors changed how it lays out tensors
-        raise RuntimeError("safetensors laid the tensors out differently with metadata than without")
-    return data
+    # One order for the header's entries (by where their bytes lie), so that the same executable is the same bytes.
+    header = {"__metadata__": {"rramx.manifest": text, "rramx.manifest_sha256": hashlib.sha256(text.encode()).hexdigest()},
+              **dict(sorted(entries.items(), key=lambda item: item[1]["data_offsets"]))}
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    raw += b" " * (-len(raw) % 8)  # safetensors' alignment of the data that follows
+    return b"".join([struct.pack("<Q", len(raw)), raw, memoryview(laid_out)[start:]])
 
 
-def _with_canonical_header(data: bytes) -> bytes:
-    """``data`` with its header's metadata entries in one order: safetensors writes them from a hash
-    map, in an order that varies from one call to the next, and the same executable must be the
-    same bytes. The JSON is rewritten in safetensors' own compact form and padded to the same length."""
-    (size,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + size])
-    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    if len(text) > size:  # pragma: no cover - the same entries, reordered, never take more room
-        raise RuntimeError("the canonical safetensors header is longer than the one written")
-    return data[:8] + text + b" " * (size - len(text)) + data[8 + size:]
-
-
-def _encode_graph(graph: Graph, prefix: str, tensors: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+def _encode_graph(graph: Graph, prefix: str, tensors: _TensorWriter, *, fixed_weights: bool) -> list[dict[str, Any]]:
     nodes = []
     for node in graph:
-        attrs = {f.name: _encode(getattr(node.op, f.name), f"{prefix}{node.name}.{f.name}", tensors) for f in dataclasses.fields(node.op)}
-        nodes.append({"name": node.name, "kind": node.op.kind, "inputs": node.inputs, "shape": list(node.shape),
+        op, key = node.op, f"{prefix}{node.name}"
+        g_pos, g_neg = getattr(op, "g_pos", None), getattr(op, "g_neg", None)
+        pair = tensors.pair(g_pos, g_neg, key) if isinstance(g_pos, torch.Tensor) and isinstance(g_neg, torch.Tensor) else None
+        attrs = {}
+        for f in dataclasses.fields(op):
+            value = getattr(op, f.name)
+            if pair is not None and f.name in ("g_pos", "g_neg"):
+                attrs[f.name] = pair[f.name == "g_neg"]
+            elif fixed_weights and f.name == "weight" and isinstance(value, torch.Tensor):
+                attrs[f.name] = tensors.fixed_weight(value, f"{key}.{f.name}")
+            else:
+                attrs[f.name] = _encode(value, f"{key}.{f.name}", tensors)
+        nodes.append({"name": node.name, "kind": op.kind, "inputs": node.inputs, "shape": list(node.shape),
                       "meta": node.meta, "attrs": attrs})
     return nodes
 
@@ -333,8 +445,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any], Graph | None]:
-    """Parse and check an executable file's bytes: the program, its target, its metadata and the original network (if kept)."""
+class Contents(NamedTuple):
+    """What an executable file holds."""
+
+    graph: Graph
+    target: Target
+    metadata: dict[str, Any]
+    original: Graph | None
+    """The float network as given, when compiling changed it."""
+    reference_weights: str
+    """How the layer weights are kept: a key of :data:`REFERENCE_WEIGHTS`."""
+
+
+def deserialize(data: bytes, source: str) -> Contents:
+    """Parse and check an executable file's bytes: the program, its target, its metadata, the original network
+    (if kept) and how its weights are kept."""
     def refuse(problem: str) -> ExecutableFormatError:
         return ExecutableFormatError(f"{source}: {problem}")
 
@@ -377,6 +502,10 @@ def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]
     metadata = manifest.get("metadata", {})
     if not isinstance(metadata, dict):
         raise refuse("corrupt: the manifest's metadata is not a mapping")
+    reference_weights = manifest.get("reference_weights", "exact")
+    if not isinstance(reference_weights, str) or reference_weights not in REFERENCE_WEIGHTS:
+        raise refuse(f"corrupt: the manifest's reference_weights is {str(reference_weights)[:40]!r}, "
+                     f"expected one of {', '.join(REFERENCE_WEIGHTS)}")
     try:
         tensors = safetensors.torch.load(data)
     except Exception as exc:  # safetensors' own error types vary between versions
@@ -405,12 +534,13 @@ def deserialize(data: bytes, source: str) -> tuple[Graph, Target, dict[str, Any]
     original_nodes = manifest.get("original_nodes")
     if original_nodes is not None and not isinstance(original_nodes, list):
         raise refuse("corrupt: the manifest's original_nodes is not a list")
-    graph = _decode_graph(manifest["nodes"], tensors, version, target, refuse, "the executable")
-    original = None if original_nodes is None else _decode_graph(original_nodes, tensors, version, target, refuse, "the original network")
-    return graph, target, metadata, original
+    reader = _TensorReader(tensors)
+    graph = _decode_graph(manifest["nodes"], reader, version, target, refuse, "the executable")
+    original = None if original_nodes is None else _decode_graph(original_nodes, reader, version, target, refuse, "the original network")
+    return Contents(graph, target, metadata, original, reference_weights)
 
 
-def _decode_graph(entries: list[Any], tensors: dict[str, torch.Tensor], version: int, target: Target,
+def _decode_graph(entries: list[Any], tensors: _TensorReader, version: int, target: Target,
                   refuse: Callable[[str], ExecutableFormatError], what: str) -> Graph:
     graph = Graph()
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,8 @@ class Report:
     device-aware model (its I-V with continuous conductances and ideal converters)."""
     evaluation: str = ""
     """How the runtime computed the column currents (and how far from exact)."""
+    reference_weights: str = ""
+    """How the float reference's weights were held: as compiled, or as the executable file kept them (12-bit fixed point)."""
     original_accuracy: float | None = None
     """For a reconstructed network: the accuracy of the float network as it was given, before retraining."""
     output_correlation: float = 1.0
@@ -88,6 +91,8 @@ class Report:
             console.print(f"  {self.target_description}", style="dim", highlight=False)
         if self.evaluation:
             console.print(f"  columns: {self.evaluation}", style="dim", highlight=False)
+        if self.reference_weights:
+            console.print(f"  reference weights: {self.reference_weights}", style="dim", highlight=False)
         lines = [(f"{self.reference} accuracy", f"{100 * self.float_accuracy:6.2f} %"),
                  ("simulated chip accuracy", f"{100 * self.chip_accuracy:6.2f} %   "
                                              f"({100 * (self.chip_accuracy - self.float_accuracy):+.2f} points)"),
@@ -98,10 +103,11 @@ class Report:
         for label, value in lines:
             console.print(f"  {label:{width}s} : {value}", highlight=False)
         table = Table(title="Where the error comes from (relative error of each crossbar layer's output)", title_justify="left")
-        for column in ("layer", "op", "matrix", "tiles", "this layer alone", "accumulated"):
-            table.add_column(column, justify="left" if column in ("layer", "op") else "right")
+        labels = layer_labels(self.layers, label_width(console, ERROR_COLUMNS))
+        for column in ("layer", "op", "matrix", "tiles", "this layer alone", "accumulated"):  # too narrow a terminal folds, never cuts
+            table.add_column(column, justify="left" if column in ("layer", "op") else "right", overflow="fold")
         for layer in self.layers:
-            table.add_row(layer.source, layer.kind, f"{layer.matrix[0]}×{layer.matrix[1]}", str(layer.tiles),
+            table.add_row(labels[layer.name], layer.kind, f"{layer.matrix[0]}×{layer.matrix[1]}", str(layer.tiles),
                           f"{100 * layer.local_error:.2f} %", f"{100 * layer.cumulative_error:.2f} %")
         console.print(table)
         operations = self.costs.get("operations", {}).get("per_inference")
@@ -117,13 +123,53 @@ class Report:
         console.print(f"  {self.seconds:.2f} s ({rate:,.0f} samples/s, float and chip passes together)", style="dim")
 
 
+ERROR_COLUMNS = 70
+"""Characters the error table's other columns and borders take (op, matrix, tiles, two errors)."""
+ENERGY_COLUMNS = 96
+"""The same for the cost table (energy, cells, DAC, ADC, digital, latency, arrays, area)."""
+ELLIPSIS = "…"
+
+
+def label_width(console: Console, others: int) -> int:
+    """Characters left for layer names beside ``others`` on ``console``; never fewer than 16: in a
+    narrower terminal a label folds over two lines (whole, as every cell of these tables)."""
+    return max(16, console.width - others)
+
+
+def layer_labels(layers: Sequence[LayerReport], width: int) -> dict[str, str]:
+    """A label per layer (by node name) that tells it apart: its source, shortened by :func:`short_names`; two layers
+    of one source (a module called twice) are told apart by their node names."""
+    sources = [layer.source for layer in layers]
+    names = [layer.source if sources.count(layer.source) == 1 else layer.name for layer in layers]
+    short = short_names(names, width)
+    return {layer.name: short[name] for layer, name in zip(layers, names)}
+
+
+def short_names(names: Sequence[str], width: int) -> dict[str, str]:
+    """A label for each of ``names``: the name when it fits ``width`` characters, else ``…`` and the longest
+    tail of whole components (``…layer1.0.conv1``) that fits and ends no other name. When every such tail
+    ends another name too, the shortest tail that does not, however long; at worst the whole name."""
+    labels = {}
+    for name in names:
+        if len(name) <= width:
+            labels[name] = name
+            continue
+        others = [other for other in names if other != name]
+        tails = [name[i + 1:] for i, c in enumerate(name) if c in "./"]  # longest first
+        unique = [tail for tail in tails if not any(other.endswith(tail) for other in others)]
+        fitting = [tail for tail in unique if len(tail) < width]
+        labels[name] = ELLIPSIS + fitting[0] if fitting else ELLIPSIS + unique[-1] if unique else name
+    return labels
+
+
 def _render_energy(console: Console, energy: dict[str, Any]) -> None:
     """The ``energy`` cost observer's summary: a row per crossbar layer and their total."""
     from rramc.hardware.cost import format_quantity as q
 
     table = Table(title="Cost per inference (formulas: README, 'Cost model')", title_justify="left")
+    labels = short_names(list(energy["layers"]), label_width(console, ENERGY_COLUMNS))
     for column in ("layer", "energy", "cells", "DAC", "ADC", "digital", "latency", "arrays", "area"):
-        table.add_column(column, justify="left" if column == "layer" else "right")
+        table.add_column(column, justify="left" if column == "layer" else "right", overflow="fold")
 
     def add(name: str, row: dict[str, float], **style: Any) -> None:
         table.add_row(name, q(row["energy_J"], "J"), q(row["cell_energy_J"], "J"), q(row["dac_energy_J"], "J"),
@@ -131,7 +177,7 @@ def _render_energy(console: Console, energy: dict[str, Any]) -> None:
                       f"{row['arrays']:,.0f}", f"{row['area_mm2']:.3g} mm²", **style)
 
     for name, row in energy["layers"].items():
-        add(name, row)
+        add(labels[name], row)
     add("total", energy["per_inference"], style="bold")
     console.print(table)
     for note in energy.get("notes", []):
