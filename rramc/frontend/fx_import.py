@@ -194,7 +194,7 @@ class Importer:
             convert = METHOD_CONVERTERS.get(str(node.target))
         else:
             return None
-        return convert if convert is not None or not self._computable_now(node) else _constant
+        return convert if convert is not None or not self._computable_now(node) else computed_now
 
     def _computable_now(self, node: torch.fx.Node) -> bool:
         """Whether a call depends on no activation (a mask built from sizes, a parameter's transpose): then the
@@ -316,8 +316,8 @@ _RANDOM = frozenset({"rand", "randn", "randint", "randperm", "rand_like", "randn
                      "multinomial", "poisson", "dropout", "uniform_", "normal_"})
 
 
-def _constant(imp: Importer, node: torch.fx.Node, *args: Any, **kwargs: Any) -> Any:
-    """A call on constants only (see :meth:`Importer._computable_now`), computed now."""
+def computed_now(imp: Importer, node: torch.fx.Node, *args: Any, **kwargs: Any) -> Any:
+    """A call on constants only (see :meth:`Importer._computable_now`), computed now: what PyTorch gives."""
     if node.op == "call_method":
         receiver, *rest = args
         return getattr(receiver, str(node.target))(*rest, **kwargs)

@@ -107,13 +107,6 @@ def _emit_chain(imp: Importer, node: torch.fx.Node, ops: list[Any], x: Value, su
     return _emit(imp, node, ops[-1], [x])
 
 
-def _computed(node: torch.fx.Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The call computed now, on constants: what PyTorch itself gives."""
-    if node.op == "call_method":
-        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
-    return node.target(*args, **kwargs)  # type: ignore[operator]
-
-
 def _on_constants(convert: Converter) -> Converter:
     """A converter that computes the call now when none of its operands is an activation."""
 
@@ -121,7 +114,7 @@ def _on_constants(convert: Converter) -> Converter:
         flat = [*args, *kwargs.values()]
         flat += [v for a in flat if isinstance(a, (list, tuple)) for v in a]
         if not any(isinstance(a, (Value, FoldedTokens)) for a in flat):
-            return _computed(node, args, kwargs)
+            return fx_import.computed_now(imp, node, *args, **kwargs)
         return convert(imp, node, *args, **kwargs)
 
     return converter
