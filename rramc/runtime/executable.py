@@ -185,7 +185,7 @@ class Executable:
             tiles = op.tiles()
             cells = sum((rows.stop - rows.start) * encoding.bit_lines(cols.stop - cols.start) for rows, cols in tiles)
             lines.append(LayerSummary(
-                name=node.source, kind=op.kind, analog=True, matrix=op.matrix_shape, tiles=len(tiles),
+                name=node.name, kind=op.kind, analog=True, matrix=op.matrix_shape, tiles=len(tiles),
                 arrays=0 if op.shares is not None else len(tiles), shares=op.shares,
                 utilisation=cells / (len(tiles) * spec.rows * spec.cols) if tiles else None,
                 weight_encoding=op.weight_encoding + (f" {op.slices}×{op.slice_bits}b" if op.weight_slices else ""),
@@ -220,7 +220,8 @@ class LayerSummary:
     """A line of :meth:`Executable.layer_summary`: a crossbar layer (analog), or a run of digital ops between two."""
 
     name: str
-    """The layer's source; for a digital run, its first and last op's."""
+    """A crossbar layer's node name (its PyTorch layer's path, or the path and the part of a module it computes:
+    an LSTM's steps); for a digital run, the source of its first and last op."""
     kind: str
     """The op kind; for a digital run, its ops' kinds with their counts."""
     analog: bool
