@@ -60,7 +60,7 @@ class Unsupported(Exception):
 SUPPORTED: list[str] = [
     "Linear (over the last dimension: vectors or tokens), x @ W with a parameter W, Conv1d and Conv2d (any groups, "
     "zero padding, padding='same'), ConvTranspose2d, ReLU, clipped ReLU (Hardtanh, ReLU6, clamp), max and average "
-    "pooling, adaptive average pooling to a divisor of the input, flatten/view/reshape, BatchNorm (eval mode), "
+    "pooling, adaptive average pooling, flatten/view/reshape, BatchNorm (eval mode), "
     "residual add of two activations, Dropout/Identity (removed)",
 ]
 """What the importer supports, in words, for the refusal message; converter modules add their line."""
