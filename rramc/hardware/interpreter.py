@@ -1,8 +1,8 @@
 """One interpreter for every way a graph is executed: a kernel per mode, plus observers.
 
-The digital periphery (pooling, reshapes, activations, residual adds, per-channel affines) is
-computed exactly by each :class:`~rramc.ir.DigitalOp`'s own ``compute`` in every mode. Weighted layers (``linear``,
-``conv2d`` and the crossbar ops) go to the mode's :class:`Kernel`:
+The digital periphery (pooling, reshapes, activations, attention's products, normalisations, ...)
+is computed exactly by each :class:`~rramc.ir.DigitalOp`'s own ``compute`` in every mode. Weighted
+layers (``linear``, ``conv2d`` and the crossbar ops) go to the mode's :class:`Kernel`:
 
 * :class:`FloatKernel` — the float network the chip is compared to (a layer retrained through a
   device computes its device-aware model, the function it was trained to be);
