@@ -97,7 +97,7 @@ class Calibrate(Pass):
             raise PassError(f"cannot calibrate without data: {exc}; give calibration data "
                             "(calibration_data=..., or --calibration DATA)") from None
         assumed = "declared" if declared else ("the default for an undeclared range; declare yours with "
-                                               "input_range=(low, high) or give data")
+                                               "--input-range LOW,HIGH (Python: input_range=(low, high)) or give data")
         ctx.warn(f"calibrated from the weights, with no calibration data: network inputs in [{low:g}, {high:g}] ({assumed}), "
                  "every input and ADC range set to the worst case those inputs allow, so the chip's accuracy will be lower "
                  "than when calibrated on data (calibration_data=..., or --calibration DATA)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +53,18 @@ def reports_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _parse_range(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        low, high = (float(s) for s in text.split(","))
+    except ValueError:
+        raise RramcError(f"--input-range {text!r}: expected LOW,HIGH, e.g. 0,1") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise RramcError(f"--input-range {text!r}: expected finite LOW < HIGH")
+    return (low, high)
+
+
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -81,6 +94,7 @@ def compile(
     factory: Annotated[Optional[str], typer.Option("--model", "-m", help="module:function building the network, for a state_dict")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow loading a pickled nn.Module (runs code from the file)", metavar=FLAG)] = False,
     input_shape: Annotated[Optional[str], typer.Option("--input-shape", help="per-sample input shape, e.g. 1,28,28 [default: the data set's]")] = None,
+    input_range: Annotated[Optional[str], typer.Option("--input-range", help="range of the network's input values, LOW,HIGH, e.g. 0,1 [default: the calibration data's; without data, -1,1]")] = None,
     calibration: Annotated[Optional[str], typer.Option("--calibration", "-c", help="data to calibrate on: a builtin data set (its train split), a .npz or .pt file or an image folder [default: the data set the .pt2 records, else none: ranges from the weights]")] = None,
     data_dir: DataDirOption = None,
     trust_data: TrustDataOption = False,
@@ -143,6 +157,7 @@ def compile(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RramcWarning)  # printed below, once, on stderr
         exe = compile_file(model, target, factory=factory, trust_pickle=trust_pickle, input_shape=_parse_shape(input_shape),
+                           input_range=_parse_range(input_range),
                            calibration=calibration, calibration_samples=calibration_samples, data_dir=data_dir,
                            training=dataset, trust_data=trust_data, reconstruct=options,
                            pipeline=passes if passes is not None else pipeline,

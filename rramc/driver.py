@@ -178,6 +178,7 @@ def compile_file(
     factory: str | None = None,
     trust_pickle: bool = False,
     input_shape: tuple[int, ...] | None = None,
+    input_range: tuple[float, float] | None = None,
     calibration: str | Path | Dataset | None = None,
     calibration_samples: int = CALIBRATION_SAMPLES,
     data_dir: str | Path | None = None,
@@ -200,7 +201,8 @@ def compile_file(
     declares the input range. With none of them, ``calibrate`` works from the weights (see
     :func:`compile`). ``reconstruct`` (options of the ``reconstruct`` pass; ``{}`` for the
     defaults) retrains on ``training`` (default: the calibration data set) inside the pipeline
-    (default: the ``reconstruct`` pipeline). ``trust_data`` allows a ``.pt`` data file that needs pickle;
+    (default: the ``reconstruct`` pipeline). ``input_range`` declares the range of the network's
+    input values (default: the calibration data's). ``trust_data`` allows a ``.pt`` data file that needs pickle;
     ``exact_weights`` as in :func:`compile`.
     """
     if calibration_samples < 1:
@@ -243,7 +245,7 @@ def compile_file(
         require_labels(training_set, "training (--reconstruct)")
         fit_inputs(training_set.images[:1], graph_input.shape, training_set.name)
     return compile(loaded.graph, target_spec, pipeline=passes, calibration_data=samples, training_data=training_set,
-                   input_range=value_range, seed=seed, skip=skip, instruments=instruments, metadata=metadata,
+                   input_range=input_range if input_range is not None else value_range, seed=seed, skip=skip, instruments=instruments, metadata=metadata,
                    exact_weights=exact_weights, progress=progress, log=log)
 
 

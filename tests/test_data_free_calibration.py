@@ -295,3 +295,20 @@ def test_the_design_cards_command_compiles_a_torch_export_pt_without_data_and_ru
     with torch.no_grad():
         expected = model(torch.from_numpy(images)[:, None]).argmax(1)
     assert report.float_accuracy == pytest.approx(float((expected == torch.arange(40) % 10).float().mean()))
+
+
+def test_the_command_line_declares_the_input_range_for_calibration_without_data(tmp_path: Path) -> None:
+    from rramc.runtime.executable import Executable
+
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    path = tmp_path / "model.pt"
+    torch.export.save(torch.export.export(model, (torch.rand(2, 64),)), str(path))
+    runner = CliRunner()
+    result = runner.invoke(app, ["compile", str(path), "-t", "rram_a", "--input-range", "0,1", "-o", str(tmp_path / "a.rramx")])
+    assert result.exit_code == 0, result.output
+    (graph_input,) = Executable.load(tmp_path / "a.rramx").graph.inputs
+    assert graph_input.op.value_range == (0.0, 1.0)  # type: ignore[attr-defined]
+    assert "(declared)" in result.output and "worst case" in result.output
+    bad = runner.invoke(app, ["compile", str(path), "-t", "rram_a", "--input-range", "1,0", "-o", str(tmp_path / "b.rramx")])
+    assert bad.exit_code == 1 and "--input-range '1,0': expected finite LOW < HIGH" in bad.output
+    assert not (tmp_path / "b.rramx").exists()
