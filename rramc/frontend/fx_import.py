@@ -188,20 +188,20 @@ class Importer:
     def converter(self, node: torch.fx.Node) -> Callable[..., Any] | None:
         if node.op == "call_module":
             return MODULE_CONVERTERS.get(type(self.gm.get_submodule(str(node.target))))
-        if node.op == "call_function":
-            convert = FUNCTION_CONVERTERS.get(node.target)
-        elif node.op == "call_method":
-            convert = METHOD_CONVERTERS.get(str(node.target))
-        else:
+        if node.op not in ("call_function", "call_method"):
             return None
-        return convert if convert is not None or not self._computable_now(node) else computed_now
+        if self._computable_now(node):  # whatever the call, on constants only PyTorch computes it best
+            return computed_now
+        if node.op == "call_function":
+            return FUNCTION_CONVERTERS.get(node.target)
+        return METHOD_CONVERTERS.get(str(node.target))
 
     def _computable_now(self, node: torch.fx.Node) -> bool:
         """Whether a call depends on no activation (a mask built from sizes, a parameter's transpose): then the
         importer computes it once, as PyTorch would on every call, and the graph holds the constant."""
         if node.op == "call_function" and getattr(node.target, "__name__", "") in _RANDOM:
             return False  # a fresh draw on every call is not a constant
-        return all(n in self.env and not isinstance(self.env[n], Value) for n in node.all_input_nodes)
+        return all(n in self.env and _is_constant(self.env[n]) for n in node.all_input_nodes)
 
     def describe(self, node: torch.fx.Node) -> str:
         path, kind = self.layer_of(node)
@@ -314,6 +314,18 @@ class Importer:
 
 _RANDOM = frozenset({"rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like", "bernoulli", "normal",
                      "multinomial", "poisson", "dropout", "uniform_", "normal_"})
+
+
+_CONSTANT_TYPES = (Tensor, int, float, bool, str, slice, type(None), type(Ellipsis), torch.dtype, torch.device,
+                   torch.memory_format, torch.layout)
+
+
+def _is_constant(value: Any) -> bool:
+    """Whether an imported value is a constant: tensors, numbers, sizes and the like, in tuples and lists; not
+    an activation (a :class:`Value`) or anything holding one (a module's several results, folded tokens)."""
+    if isinstance(value, (tuple, list)):
+        return all(_is_constant(item) for item in value)
+    return isinstance(value, _CONSTANT_TYPES)
 
 
 def computed_now(imp: Importer, node: torch.fx.Node, *args: Any, **kwargs: Any) -> Any:

@@ -25,8 +25,7 @@ from torch import Tensor
 
 from rramc.frontend import fx_import
 from rramc.frontend.fx_import import (
-    FUNCTION_CONVERTERS, METHOD_CONVERTERS, MODULE_CONVERTERS, SUPPORTED, FoldedTokens, Importer, Unsupported, Value, _bind,
-    _ints,
+    FUNCTION_CONVERTERS, METHOD_CONVERTERS, MODULE_CONVERTERS, SUPPORTED, Importer, Unsupported, Value, _bind, _ints,
 )
 from rramc.ir import (
     Activation, Add, AdaptiveAvgPool2d, AdaptiveMaxPool2d, Affine, AvgPool2d, Binary, Clamp, Concat, Interpolate, LayerNorm,
@@ -105,19 +104,6 @@ def _emit_chain(imp: Importer, node: torch.fx.Node, ops: list[Any], x: Value, su
     for i, op in enumerate(ops[:-1]):
         x = imp.add(node, op, [x], f"{suffix}{i}" if len(ops) > 2 else suffix)
     return _emit(imp, node, ops[-1], [x])
-
-
-def _on_constants(convert: Converter) -> Converter:
-    """A converter that computes the call now when none of its operands is an activation."""
-
-    def converter(imp: Importer, node: torch.fx.Node, *args: Any, **kwargs: Any) -> Any:
-        flat = [*args, *kwargs.values()]
-        flat += [v for a in flat if isinstance(a, (list, tuple)) for v in a]
-        if not any(isinstance(a, (Value, FoldedTokens)) for a in flat):
-            return fx_import.computed_now(imp, node, *args, **kwargs)
-        return convert(imp, node, *args, **kwargs)
-
-    return converter
 
 
 def _constant(imp: Importer, x: Value, value: Any, what: str) -> Tensor:
@@ -715,7 +701,7 @@ MODULE_CONVERTERS.update({
     nn.Unflatten: _module(_unflatten, "dim", "unflattened_size"),
 })
 
-FUNCTION_CONVERTERS.update({target: _on_constants(convert) for target, convert in {
+FUNCTION_CONVERTERS.update({
     # activations
     F.gelu: _gelu, aten.gelu.default: _gelu, F.silu: _silu, aten.silu.default: _silu,
     torch.sigmoid: _sigmoid, aten.sigmoid.default: _sigmoid, torch.tanh: _tanh, aten.tanh.default: _tanh,
@@ -775,10 +761,10 @@ FUNCTION_CONVERTERS.update({target: _on_constants(convert) for target, convert i
     aten.avg_pool1d.default: _avg_pool1d, F.adaptive_avg_pool1d: _adaptive_avg_pool1d,
     aten.adaptive_avg_pool1d.default: _adaptive_avg_pool1d,
     aten._adaptive_avg_pool2d.default: lambda imp, node, x, size: fx_import._adaptive_avg_pool(imp, node, x, size),
-}.items()})
-FUNCTION_CONVERTERS.update({operator.getitem: _getitem, builtins.getattr: _getattr})  # these take results of any kind
+})
+FUNCTION_CONVERTERS.update({operator.getitem: _getitem, builtins.getattr: _getattr})
 
-METHOD_CONVERTERS.update({name: _on_constants(convert) for name, convert in {
+METHOD_CONVERTERS.update({
     "sigmoid": _sigmoid, "sigmoid_": _sigmoid, "tanh": _tanh, "tanh_": _tanh, "exp": _exp, "neg": _neg, "abs": _abs,
     "sqrt": _sqrt, "rsqrt": _rsqrt, "reciprocal": _reciprocal, "log1p": _log1p,
     "gt": _gt, "ge": _ge, "lt": _lt, "le": _le,
@@ -789,7 +775,7 @@ METHOD_CONVERTERS.update({name: _on_constants(convert) for name, convert in {
     "view": _reshape, "reshape": _reshape,
     "softmax": _t_softmax, "log_softmax": _t_log_softmax,
     "mean": _mean, "sum": _sum, "amax": _amax, "amin": _amin, "max": _max, "min": _min,
-}.items()})
+})
 
 SUPPORTED.append(
     "GELU, SiLU, Sigmoid, Tanh, LeakyReLU, ELU, PReLU, Hardswish, Hardsigmoid, Softplus, Mish, exp/sqrt/rsqrt/abs, "
