@@ -385,24 +385,30 @@ def _same_padding(weight: Tensor, stride: tuple[int, ...], dilation: tuple[int, 
     return [(span // 2, span - span // 2) for span in spans]
 
 
-def _conv2d(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: Any = None, stride: Any = 1,
-            padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Value:
-    x = imp.activation(input)
-    w = imp.parameter(weight, "weight")
-    assert w is not None
+def _padded_conv(imp: Importer, node: torch.fx.Node, x: Value, weight: Tensor, bias: Any, stride: Any, padding: Any,
+                 dilation: Any, groups: int) -> tuple[Value, Conv2d]:
+    """The crossbar convolution of ``weight`` and the input it reads. ``padding='same'`` with an even span pads one
+    more zero after (PyTorch's rule): the digital periphery pads, then the crossbar convolves unpadded."""
     stride, dilation = _ints(stride), _ints(dilation)
-    if isinstance(padding, str) and padding == "valid":
+    if padding == "valid":
         padding = 0
-    if isinstance(padding, str):  # 'same'
-        pads = _same_padding(w, stride, dilation)
-        if all(before == after for before, after in pads):
-            padding = tuple(before for before, _ in pads)
-        else:  # an even kernel: PyTorch pads one more zero after; the digital periphery pads, the crossbar convolves
-            (top, bottom), (left, right) = pads
+    elif padding == "same":
+        (top, bottom), (left, right) = _same_padding(weight, stride, dilation)
+        if (top, left) != (bottom, right):
             x = imp.add(node, ZeroPad2d(padding=(top, bottom, left, right)), [x], "pad")
             padding = 0
-    op = imp.weighted_op(Conv2d, w, imp.parameter(bias, "bias"), stride=stride, padding=_ints(padding), dilation=dilation,
+        else:
+            padding = (top, left)
+    op = imp.weighted_op(Conv2d, weight, imp.parameter(bias, "bias"), stride=stride, padding=_ints(padding), dilation=dilation,
                          groups=int(groups))
+    return x, op
+
+
+def _conv2d(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: Any = None, stride: Any = 1,
+            padding: Any = 0, dilation: Any = 1, groups: int = 1) -> Value:
+    w = imp.parameter(weight, "weight")
+    assert w is not None
+    x, op = _padded_conv(imp, node, imp.activation(input), w, bias, stride, padding, dilation, groups)
     return imp.emit(node, op, [x])
 
 
@@ -445,30 +451,10 @@ def _conv1d(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: A
     pad = padding if isinstance(padding, str) else (0, _ints(padding, 1)[0])
 
     def conv(wide: Value) -> Value:
-        return _conv2d_expanded(imp, node, wide, kernel, bias, (1, _ints(stride, 1)[0]), pad, (1, _ints(dilation, 1)[0]), groups)
+        wide, op = _padded_conv(imp, node, wide, kernel, bias, (1, _ints(stride, 1)[0]), pad, (1, _ints(dilation, 1)[0]), groups)
+        return imp.add(node, op, [wide], None)  # its shape inferred: PyTorch's for the call is the 1-D one
 
     return _as_2d(imp, node, x, conv)
-
-
-def _conv2d_expanded(imp: Importer, node: torch.fx.Node, x: Value, weight: Tensor, bias: Any, stride: Any, padding: Any,
-                     dilation: Any, groups: int) -> Value:
-    """:func:`_conv2d` inside an expansion (its result shape is inferred, not PyTorch's for the call)."""
-    if isinstance(padding, str):
-        pads = _same_padding(weight, _ints(stride), _ints(dilation)) if padding == "same" else [(0, 0), (0, 0)]
-        (top, bottom), (left, right) = pads
-        if (top, left) != (bottom, right):
-            x = imp.add(node, ZeroPad2d(padding=(top, bottom, left, right)), [x], "pad")
-            padding = 0
-        else:
-            padding = (top, left)
-    op = imp.weighted_op(Conv2d, weight, imp.parameter(bias, "bias"), stride=_ints(stride), padding=_ints(padding),
-                         dilation=_ints(dilation), groups=int(groups))
-    return imp.add(node, op, [x], None)
-
-
-def _conv_transpose1d(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: Any = None, stride: Any = 1,
-                      padding: Any = 0, output_padding: Any = 0, groups: int = 1, dilation: Any = 1) -> Value:
-    raise Unsupported("transposed 1-D convolution is not supported (ConvTranspose2d is)")
 
 
 def _convolution(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bias: Any, stride: Any, padding: Any,
@@ -477,7 +463,7 @@ def _convolution(imp: Importer, node: torch.fx.Node, input: Any, weight: Any, bi
     assert w is not None
     if w.dim() == 3:
         if transposed:
-            return _conv_transpose1d(imp, node, input, weight)
+            raise Unsupported("transposed 1-D convolution is not supported (ConvTranspose2d is)")
         return _conv1d(imp, node, input, weight, bias, stride, padding, dilation, groups)
     if w.dim() != 4:
         raise Unsupported(f"{w.dim() - 2}-D convolution is not supported (1-D and 2-D are)")
