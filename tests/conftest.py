@@ -54,6 +54,24 @@ def residual_cnn() -> nn.Module:
     return model.eval()
 
 
+class LinearUsedTwice(nn.Module):
+    """One Linear applied twice (its parameters, one set of arrays), then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.fc(torch.relu(self.fc(x)))))
+
+
+@pytest.fixture(scope="session")
+def linear_used_twice() -> Callable[[], nn.Module]:
+    """Makes a fresh :class:`LinearUsedTwice` in eval mode (16 inputs, 4 outputs)."""
+    return lambda: LinearUsedTwice().eval()
+
+
 def _write_digits_mlp(folder: Path) -> dict[str, Path]:
     """An untrained 64-32-10 MLP for digits in ``folder`` as the CLI meets models: ``pt2`` (a torch.export
     archive recording its data set), ``state`` (its state_dict) and ``exe`` (compiled for ``ideal``)."""

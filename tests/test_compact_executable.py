@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -154,21 +155,11 @@ def test_a_pair_the_sample_misses_is_still_coded() -> None:
     assert torch.equal(decoded[0], g_pos) and torch.equal(decoded[1], g_neg)
 
 
-class _Twice(nn.Module):
-    """One linear layer applied twice: the same parameters, one set of arrays."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc, self.out = nn.Linear(16, 16), nn.Linear(16, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.relu(self.fc(torch.relu(self.fc(x)))))
-
-
 @pytest.mark.parametrize("exact_weights", [False, True])
-def test_tensors_shared_by_ops_are_stored_once_and_load_as_one(exact_weights: bool, tmp_path: Path) -> None:
+def test_tensors_shared_by_ops_are_stored_once_and_load_as_one(exact_weights: bool, tmp_path: Path,
+                                                              linear_used_twice: Callable[[], nn.Module]) -> None:
     torch.manual_seed(0)
-    exe = rramc.compile(_Twice(), "rram_a", calibration_data=torch.rand(64, 16), input_range=(0.0, 1.0),
+    exe = rramc.compile(linear_used_twice(), "rram_a", calibration_data=torch.rand(64, 16), input_range=(0.0, 1.0),
                         exact_weights=exact_weights)
     first, second, _ = exe.graph.nodes_of(CrossbarOp)
     assert second.op.shares == first.name and second.op.g_pos is first.op.g_pos and second.op.weight is first.op.weight

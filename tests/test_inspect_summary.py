@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -88,18 +89,9 @@ def test_inspect_shows_the_summary_and_lists_arrays_only_on_request(residual) ->
     assert len(listed.splitlines()) >= len(text.splitlines()) + arrays  # a line per array, only there
 
 
-class _Twice(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc, self.out = nn.Linear(16, 16), nn.Linear(16, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.relu(self.fc(torch.relu(self.fc(x)))))
-
-
-def test_a_layer_that_shares_arrays_programs_none(tmp_path: Path) -> None:
+def test_a_layer_that_shares_arrays_programs_none(tmp_path: Path, linear_used_twice: Callable[[], nn.Module]) -> None:
     torch.manual_seed(0)
-    exe = rramc.compile(_Twice(), "rram_a", calibration_data=torch.rand(64, 16), input_range=(0.0, 1.0))
+    exe = rramc.compile(linear_used_twice(), "rram_a", calibration_data=torch.rand(64, 16), input_range=(0.0, 1.0))
     first, again, _ = (line for line in exe.layer_summary() if line.analog)
     assert (first.arrays, again.arrays, again.shares, again.tiles) == (1, 0, "fc", 1)
     assert exe.array_count() == 2

@@ -8,6 +8,7 @@ PyTorch module, through torch.fx and through torch.export.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,18 +42,6 @@ class TokenMixer(nn.Module):
         return self.head((torch.relu(self.embed(x)) @ self.project).flatten(1))
 
 
-class Twice(nn.Module):
-    """One Linear applied twice: one set of arrays."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(16, 16)
-        self.head = nn.Linear(16, 4)
-
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        return self.head(torch.relu(self.fc(torch.relu(self.fc(x)))))
-
-
 MODELS = {
     "grouped_and_depthwise": (lambda: nn.Sequential(
         nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8, padding=1, stride=2), nn.ReLU(),
@@ -68,15 +57,16 @@ MODELS = {
         nn.Conv1d(3, 8, 5, padding=2), nn.ReLU(), nn.Conv1d(8, 8, 3, groups=4, stride=2), nn.ReLU(),
         nn.Conv1d(8, 4, 4, padding="same"), nn.Flatten(), nn.Linear(4 * 9, 3)), (3, 20)),
     "tokens": (TokenMixer, (7, 8)),
-    "shared": (Twice, (16,)),
+    "shared": ("linear_used_twice", (16,)),  # a conftest fixture
 }
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("front", ["fx", "export"])
-def test_the_chip_on_ideal_equals_pytorch(name: str, front: str) -> None:
+def test_the_chip_on_ideal_equals_pytorch(name: str, front: str, request: pytest.FixtureRequest) -> None:
     torch.manual_seed(0)
     factory, shape = MODELS[name]
+    factory = request.getfixturevalue(factory) if isinstance(factory, str) else factory
     model = factory().eval()
     x = torch.randn(16, *shape)
     source = model if front == "fx" else torch.export.export(model, (x[:2],))
@@ -108,9 +98,9 @@ def test_a_transposed_convolution_is_spread_pixels_and_a_convolution() -> None:
     assert pad.op.spacing == (2, 2) and pad.shape == (2, 11, 11)  # type: ignore[attr-defined]
 
 
-def test_a_weight_used_twice_is_programmed_once(tmp_path: Path) -> None:
+def test_a_weight_used_twice_is_programmed_once(tmp_path: Path, linear_used_twice: Callable[[], nn.Module]) -> None:
     torch.manual_seed(1)
-    model = Twice().eval()
+    model = linear_used_twice()
     x = torch.randn(256, 16)
     exe = rramc.compile(model, "rram_a", calibration_data=x)
     ops = {node.name: node.op for node in exe.graph.nodes_of(CrossbarOp)}
@@ -127,9 +117,9 @@ def test_a_weight_used_twice_is_programmed_once(tmp_path: Path) -> None:
         assert torch.equal(loaded(x[:32], seed=3), exe(x[:32], seed=3))
 
 
-def test_reconstruct_trains_a_shared_weight_as_one_parameter() -> None:
+def test_reconstruct_trains_a_shared_weight_as_one_parameter(linear_used_twice: Callable[[], nn.Module]) -> None:
     torch.manual_seed(2)
-    model = Twice().eval()
+    model = linear_used_twice()
     x = torch.randn(128, 16)
     data = rramc.datasets.Dataset("teacher", "train", x, model(x).argmax(1).detach(), 4, (-5.0, 5.0))
     exe = rramc.compile(model, "rram_a", calibration_data=x, training_data=data,
@@ -139,8 +129,8 @@ def test_reconstruct_trains_a_shared_weight_as_one_parameter() -> None:
     assert not torch.equal(ops["fc"].weight, model.fc.weight.detach())  # trained
 
 
-def test_the_verifier_refuses_a_sharer_that_does_not_match_its_owner() -> None:
-    graph = import_module(Twice().eval(), torch.randn(1, 16))
+def test_the_verifier_refuses_a_sharer_that_does_not_match_its_owner(linear_used_twice: Callable[[], nn.Module]) -> None:
+    graph = import_module(linear_used_twice(), torch.randn(1, 16))
     sharer = graph.node("fc_1")
     assert isinstance(sharer.op, Linear) and sharer.op.shares == "fc"
     sharer.op = sharer.op.replace(shares="head")
@@ -148,7 +138,7 @@ def test_the_verifier_refuses_a_sharer_that_does_not_match_its_owner() -> None:
         graph.verify()
     sharer.op = sharer.op.replace(shares="fc", weight=torch.zeros(16, 16))
     graph.verify()  # same shape: the float copy may differ until quantize gives it the owner's cells
-    exe_graph = rramc.compile(Twice().eval(), "ideal", calibration_data=torch.randn(8, 16)).graph
+    exe_graph = rramc.compile(linear_used_twice(), "ideal", calibration_data=torch.randn(8, 16)).graph
     node = exe_graph.node("fc_1")
     node.op = node.op.replace(g_pos=node.op.g_pos * 2)  # type: ignore[attr-defined]
     with pytest.raises(VerifyError, match="its g_pos differs"):
