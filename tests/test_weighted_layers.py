@@ -110,6 +110,7 @@ def test_a_weight_used_twice_is_programmed_once(tmp_path: Path, linear_used_twic
     assert again.adc_range is not None and not torch.equal(again.adc_range, first.adc_range)  # its own periphery
     chip = Chip(exe.graph, exe.target, seed=3)  # programming variation: both uses read the same drawn cells
     assert chip.layers["fc_1"].cells.g_pos is chip.layers["fc"].cells.g_pos
+    assert chip.layers["fc_1"].state is chip.layers["fc"].state  # the column solver prepares the arrays once
     cost = estimate(exe.graph, exe.target)
     assert cost["layers"]["fc_1"]["arrays"] == 0 and cost["per_inference"]["arrays"] == 2
     loaded = Executable.load(exe.save(tmp_path / "twice.rramx"))

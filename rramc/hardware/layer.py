@@ -148,6 +148,9 @@ class CrossbarLayer:
         op = node.op
         assert isinstance(op, CrossbarOp)
         _, inputs = encodings(op, self.target, f"%{node.name} ({node.source})")
+        if (op.dac_bits, op.adc_bits) == (self.op.dac_bits, self.op.adc_bits):  # the same cells to the same accuracy:
+            return CrossbarLayer(node.name, node.source, op, self.target, self.cells, self.solver, inputs,  # the solver's
+                                 self.state).calibrated(op)  # state too (an unrolled LSTM prepares its arrays once)
         return CrossbarLayer.build(node.name, node.source, op, self.target, self.cells.g_pos, self.cells.g_neg, inputs)
 
     def calibrated(self, op: CrossbarOp) -> CrossbarLayer:
