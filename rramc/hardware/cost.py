@@ -242,13 +242,18 @@ def _cell_power_exact(layer: CrossbarLayer, v: Tensor, weight: Tensor, cells: Te
 
 
 class _LayerTally:
-    def __init__(self, layer: CrossbarLayer) -> None:
+    def __init__(self, layer: CrossbarLayer, owner: _LayerTally | None = None) -> None:
+        """``owner``: the tally of the layer whose arrays (the same cells) this one reads, if counted already."""
         self.op, self.cost = layer.op, layer.target.cost
         self.columns = layer.cells.g_pos.shape[1]  # one per output, or per output and bit slice
         self.layout = layout(layer.op, layer.target, layer.inputs)
-        self.cells = physical_cells(layer)
-        self.expansion = layer.cells.expansion()
-        self.rows = row_sums(self.expansion, self.cells)
+        self.source_cells = layer.cells
+        if owner is not None:
+            self.cells, self.expansion, self.rows = owner.cells, owner.expansion, owner.rows
+        else:
+            self.cells = physical_cells(layer)
+            self.expansion = layer.cells.expansion()
+            self.rows = row_sums(self.expansion, self.cells)
         self.values: dict[str, float] = defaultdict(float)
         self.pending_seconds = 0.0  # reads accumulating into the next one's conversion
 
@@ -272,7 +277,9 @@ class ChipCost(CostObserver):
     def on_read(self, layer: CrossbarLayer, read: Read, currents: Tensor) -> None:
         tally = self.layers.get(layer.name)
         if tally is None:
-            tally = self.layers[layer.name] = _LayerTally(layer)
+            owner = self.layers.get(layer.op.shares) if layer.op.shares is not None else None
+            same_cells = owner is not None and owner.source_cells is layer.cells
+            tally = self.layers[layer.name] = _LayerTally(layer, owner if same_cells else None)
         op, values, cost = layer.op, tally.values, tally.cost
         rows, columns = op.matrix_shape[0], tally.columns
         conversions = currents.numel()  # one per tile column and vector, whatever the lowering's layout
