@@ -181,7 +181,8 @@ def test_format_2_files_still_load_and_compute_what_they_did() -> None:
     assert exe.reference_weights == "exact"
     expected = safetensors.torch.load_file(str(DATA / "format_v2_outputs.safetensors"))
     assert torch.equal(exe(expected["x"], seed=3), expected["chip"])
-    assert torch.equal(exe.reference(expected["x"]), expected["reference"])
+    # The float reference is a float matmul: its last bit follows the machine's BLAS kernels, not the file.
+    torch.testing.assert_close(exe.reference(expected["x"]), expected["reference"], rtol=1e-6, atol=1e-7)
 
 
 def test_executable_sizes_per_parameter(tmp_path: Path) -> None:
