@@ -18,7 +18,8 @@ class Quantize(Pass):
     """Lower ``linear``/``conv2d`` to crossbar ops holding programmed conductance pairs.
 
     Needs: canonical float layers (no ``batch_norm``). Guarantees: every ``linear`` and ``conv2d``
-    became ``xbar.linear``/``xbar.conv2d`` with ``g_pos``/``g_neg`` from the weight encoding, on
+    became ``xbar.linear``/``xbar.conv2d`` with ``g_pos``/``g_neg`` from the weight encoding (coded
+    where they sit on the target's levels, :mod:`rramc.ir.cells`), on
     the target's levels (chosen in the read-current domain, so a full-scale input gives the
     linear sum), the weight scale per output, the input and weight encodings, and the DAC/ADC
     resolution of its inputs and outputs. The float weights stay on the op as the reference the
@@ -69,14 +70,14 @@ class Quantize(Pass):
             op = node.op
             assert isinstance(op, (Linear, Conv2d))
             if op.shares is not None:
-                mappings[node.name] = mapped = mappings[op.shares]
+                cells, per_weight = mappings[node.name] = mappings[op.shares]
             else:
                 matrix = weight_matrix(op.weight, getattr(op, "groups", 1))
-                mappings[node.name] = mapped = encoding.map_planned(matrix, per_column=plan.granularity == "column", levels=plan.levels,
-                                                                    slices=plan.weight_slices, slice_bits=plan.slice_bits)
-            node.op = crossbar_op(op, weight=op.weight, bias=op.bias, g_pos=mapped.g_pos, g_neg=mapped.g_neg,
-                                  conductance_per_weight=mapped.conductance_per_weight, weight_encoding=plan.weight_encoding,
-                                  input_encoding=plan.input_encoding, dac_bits=plan.dac_bits, adc_bits=plan.adc_bits,
+                mapped = encoding.map_planned(matrix, per_column=plan.granularity == "column", levels=plan.levels,
+                                              slices=plan.weight_slices, slice_bits=plan.slice_bits)
+                cells, per_weight = mappings[node.name] = mapped.pairs, mapped.conductance_per_weight
+            node.op = crossbar_op(op, weight=op.weight, bias=op.bias, cells=cells, conductance_per_weight=per_weight,
+                                  weight_encoding=plan.weight_encoding, input_encoding=plan.input_encoding, dac_bits=plan.dac_bits, adc_bits=plan.adc_bits,
                                   input_range=op.input_range, trained_for=op.trained_for, weight_slices=plan.weight_slices,
                                   slice_bits=plan.slice_bits, shares=op.shares)
         return graph

@@ -135,11 +135,26 @@ def compile(
     info = {"source": source, "pipeline": ctx.artifacts.get("pipeline", ",".join(ctx.passes_run)),
             "warnings": list(ctx.warnings), **recorded, **ctx.artifacts.get("calibration", {}), **(metadata or {})}
     original = ctx.artifacts.get("original")
+    if isinstance(model, (nn.Module, torch.export.ExportedProgram)):
+        # The import reads the caller's parameters without copying them (passes replace tensors, never change
+        # them); the executable takes its own copies now, past the compile's peak memory, so that a model
+        # trained further leaves the executable as it was compiled.
+        caller = caller_tensors(model)
+        for graph_of_exe in (lowered, original if isinstance(original, Graph) else None):
+            if graph_of_exe is not None:
+                graph_of_exe.own_copies(caller)
     exe = Executable(lowered, target, info, original=original if isinstance(original, Graph) else None,
                      reference_weights="exact" if exact_weights else None)
     exe.compile_seconds = time.perf_counter() - start
     exe.pass_seconds = dict(timings.timings)
     return exe
+
+
+def caller_tensors(model: nn.Module | torch.export.ExportedProgram) -> list[torch.Tensor]:
+    """The parameters, buffers and constants of a model the caller keeps."""
+    if isinstance(model, nn.Module):
+        return [*model.parameters(), *model.buffers()]
+    return [t for t in (*model.state_dict.values(), *model.constants.values()) if isinstance(t, torch.Tensor)]
 
 
 def import_model(model: ModelLike, example_input: torch.Tensor | None) -> tuple[Graph, str, dict[str, Any]]:

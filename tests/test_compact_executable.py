@@ -18,6 +18,7 @@ import torch.nn as nn
 import rramc
 from rramc.errors import ExecutableFormatError
 from rramc.ir import CrossbarOp
+from rramc.ir.cells import CodedPairs
 from rramc.runtime import compact
 from rramc.runtime.file_format import FORMAT_VERSION, serialize
 
@@ -149,9 +150,9 @@ def test_a_pair_the_sample_misses_is_still_coded() -> None:
     index = torch.randint(0, 32, (3000, 700), generator=generator)
     g_pos, g_neg = levels[index], torch.full((3000, 700), 2e-8)
     g_pos[1234, 5] = 1.2345e-7  # off the levels, once
-    codes, codebook = compact.pair_codebook(g_pos, g_neg)  # type: ignore[misc]
-    assert len(codebook) == 33
-    decoded = compact.decode_pairs(codes, codebook, tuple(g_pos.shape))
+    coded = CodedPairs.encode(g_pos, g_neg)
+    assert coded is not None and len(coded.codebook) == 33 and coded.codes.dtype == torch.uint8
+    decoded = coded.dense()
     assert torch.equal(decoded[0], g_pos) and torch.equal(decoded[1], g_neg)
 
 
@@ -162,13 +163,13 @@ def test_tensors_shared_by_ops_are_stored_once_and_load_as_one(exact_weights: bo
     exe = rramc.compile(linear_used_twice(), "rram_a", calibration_data=torch.rand(64, 16), input_range=(0.0, 1.0),
                         exact_weights=exact_weights)
     first, second, _ = exe.graph.nodes_of(CrossbarOp)
-    assert second.op.shares == first.name and second.op.g_pos is first.op.g_pos and second.op.weight is first.op.weight
+    assert second.op.shares == first.name and second.op.cells is first.op.cells and second.op.weight is first.op.weight
     tensors, _ = _stored(exe.save(tmp_path / "m.rramx"))
     assert not [key for key in tensors if key.startswith(f"{second.name}.") and key.split(".")[1] in
                 ("g_pos", "g_neg", "conductances", "weight", "bias", "conductance_per_weight")]
     assert f"{second.name}.gain" in tensors  # its own periphery
     a, b, _ = rramc.load_executable(tmp_path / "m.rramx").graph.nodes_of(CrossbarOp)
-    for name in ("g_pos", "g_neg", "weight", "bias", "conductance_per_weight"):
+    for name in ("cells", "weight", "bias", "conductance_per_weight"):
         assert getattr(a.op, name) is getattr(b.op, name), name
     assert a.op.gain is not b.op.gain
 

@@ -33,6 +33,7 @@ from rramc.hardware.interpreter import Chip
 from rramc.hardware.mapping import weight_peak
 from rramc.hardware.weight_encoding import WEIGHT_ENCODINGS, MappedWeights, WeightEncoding
 from rramc.ir import CrossbarOp
+from rramc.ir.cells import DensePairs
 from rramc.pipeline import PassInstrument, PassManager, PassTimings, default_pipeline, named_pipeline
 from rramc.samples import models
 
@@ -308,7 +309,8 @@ class CentredPair(WeightEncoding):
         middle = rc.current_at((c.g_min + c.g_max) / 2)
         half = (scale * rc.response / 2)[:, None] * w
         g_pos, g_neg = rc.conductance(middle + half, levels), rc.conductance(middle - half, levels)
-        return MappedWeights(g_pos.T.to(weight.dtype).contiguous(), g_neg.T.to(weight.dtype).contiguous(), scale.to(weight.dtype))
+        return MappedWeights(DensePairs(g_pos.T.to(weight.dtype).contiguous(), g_neg.T.to(weight.dtype).contiguous()),
+                             scale.to(weight.dtype))
 
 
 @pytest.fixture

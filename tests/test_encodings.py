@@ -20,6 +20,7 @@ from rramc.hardware.input_encoding import input_encoding
 from rramc.hardware.lowering import Lowering
 from rramc.hardware.predistortion import Predistorted
 from rramc.hardware.tiling import TileGrid
+from rramc.ir.cells import DensePairs
 from rramc.samples import models
 from rramc.training import TrainConfig, train_classifier
 
@@ -75,7 +76,7 @@ def test_the_solver_computes_what_the_cells_carry() -> None:
         g_pos = c.g_min + (c.g_max - c.g_min) * torch.rand(16, 5, generator=generator, dtype=torch.float64)
         g_neg = c.g_min + (c.g_max - c.g_min) * torch.rand(16, 5, generator=generator, dtype=torch.float64)
         x = torch.rand(7, 16, generator=generator, dtype=torch.float64)
-        cells = Conductances(g_pos, g_neg, TileGrid((0, 16), (0, 5)), Lowering(), target.device, target.crossbar.read_voltage,
+        cells = Conductances(DensePairs(g_pos, g_neg), TileGrid((0, 16), (0, 5)), Lowering(), target.device, target.crossbar.read_voltage,
                              (c.g_min, c.g_max), 8, IDEAL_TOLERANCE)
         solver = IdealWires()
         state = solver.prepare(cells)

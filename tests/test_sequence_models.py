@@ -181,7 +181,7 @@ def test_an_unrolled_lstm_programs_its_hidden_to_hidden_arrays_once(path: str) -
     # the arrays programmed: per layer and direction one input-to-hidden and one hidden-to-hidden matrix, and the head
     assert estimate(exe.graph, exe.target)["per_inference"]["arrays"] == 4 * 2 + 1
     chip = Chip(exe.graph, exe.target, seed=0)
-    assert all(chip.layers[n.name].cells.g_pos is chip.layers[n.op.shares].cells.g_pos  # type: ignore[attr-defined]
+    assert all(chip.layers[n.name].cells.pairs is chip.layers[n.op.shares].cells.pairs  # type: ignore[attr-defined]
                for n in hidden if n.op.shares)  # type: ignore[attr-defined]
     with torch.no_grad():
         assert_close(exe(x), model(x))

@@ -106,10 +106,10 @@ def test_a_weight_used_twice_is_programmed_once(tmp_path: Path, linear_used_twic
     ops = {node.name: node.op for node in exe.graph.nodes_of(CrossbarOp)}
     assert [op.shares for op in ops.values()] == [None, "fc", None]
     first, again = ops["fc"], ops["fc_1"]
-    assert again.g_pos is first.g_pos and again.g_neg is first.g_neg
+    assert again.cells is first.cells
     assert again.adc_range is not None and not torch.equal(again.adc_range, first.adc_range)  # its own periphery
     chip = Chip(exe.graph, exe.target, seed=3)  # programming variation: both uses read the same drawn cells
-    assert chip.layers["fc_1"].cells.g_pos is chip.layers["fc"].cells.g_pos
+    assert chip.layers["fc_1"].cells.pairs is chip.layers["fc"].cells.pairs
     assert chip.layers["fc_1"].state is chip.layers["fc"].state  # the column solver prepares the arrays once
     cost = estimate(exe.graph, exe.target)
     assert cost["layers"]["fc_1"]["arrays"] == 0 and cost["per_inference"]["arrays"] == 2
@@ -142,7 +142,7 @@ def test_the_verifier_refuses_a_sharer_that_does_not_match_its_owner(linear_used
     exe_graph = rramc.compile(linear_used_twice(), "ideal", calibration_data=torch.randn(8, 16)).graph
     node = exe_graph.node("fc_1")
     node.op = node.op.replace(g_pos=node.op.g_pos * 2)  # type: ignore[attr-defined]
-    with pytest.raises(VerifyError, match="its g_pos differs"):
+    with pytest.raises(VerifyError, match="its conductances differ from theirs"):
         exe_graph.verify()
 
 

@@ -21,6 +21,7 @@ from rramc.hardware.lowering import Lowering
 from rramc.hardware.tiling import TileGrid
 from rramc.hardware.wires import ResistiveWires, WiresNotConverged
 from rramc.ir import CrossbarOp, Graph
+from rramc.ir.cells import DensePairs
 from rramc.runtime.executable import Executable
 from rramc.sweep import grid_targets, parse_axis
 
@@ -306,7 +307,7 @@ def test_read_noise_with_wires_has_the_stated_spread() -> None:
     v, g_pos, g_neg = _cells(16, 4)
     v = v[:1].expand(4000, -1)
     solver = ResistiveWires(word_line_resistance=1.0, bit_line_resistance=1.0, tolerance=1e-12)
-    cells = Conductances(g_pos, g_neg, TileGrid((0, 16), (0, 4)), Lowering(), SINH, 1.0, (2e-8, 2e-6), None, 1e-7, 0.05)
+    cells = Conductances(DensePairs(g_pos, g_neg), TileGrid((0, 16), (0, 4)), Lowering(), SINH, 1.0, (2e-8, 2e-6), None, 1e-7, 0.05)
     state = solver.prepare(cells)
     noisy = solver.read(state, Read(1.0, v), torch.Generator().manual_seed(0))[0]
     quiet = column_currents(v[:1], g_pos, g_neg, SINH, solver=solver)[0, 0]

@@ -123,7 +123,7 @@ class Importer:
 
     def tensor(self, value: Any, what: str) -> Tensor | None:
         if value is None or isinstance(value, Tensor):
-            return None if value is None else value.detach().clone().float()
+            return None if value is None else value.detach().float()  # the caller's storage: see weighted_op
         raise Unsupported(f"its {what} is computed at run time; rramc needs it as a parameter")
 
     def emit(self, node: torch.fx.Node, op: Any, inputs: list[Value]) -> Value:
@@ -164,10 +164,13 @@ class Importer:
         return self.add(node, self.weighted_op(Linear, weight, bias), [x], suffix)
 
     def weighted_op(self, kind: type, weight: Tensor, bias: Tensor | None, **fields: Any) -> Any:
-        """A ``kind`` (Linear or Conv2d) op for a parameter: the IR keeps one float copy per parameter,
-        and a parameter met again is marked as sharing the arrays of the node it was first used by."""
-        w = self._weights.setdefault(id(weight), (weight, weight.detach().clone().float()))[1]
-        b = None if bias is None else self._weights.setdefault(id(bias), (bias, bias.detach().clone().float()))[1]
+        """A ``kind`` (Linear or Conv2d) op for a parameter: the IR holds one float tensor per parameter,
+        and a parameter met again is marked as sharing the arrays of the node it was first used by.
+
+        A float32 parameter is read where it lies, not copied: passes replace an op's tensors, never change
+        them, and :func:`rramc.compile` gives the executable its own copies once the compile is done."""
+        w = self._weights.setdefault(id(weight), (weight, weight.detach().float()))[1]
+        b = None if bias is None else self._weights.setdefault(id(bias), (bias, bias.detach().float()))[1]
         return kind(weight=w, bias=b, shares=self._weight_owner.get(id(w)), **fields)
 
     def value_shape(self, value: Value) -> tuple[int, ...]:

@@ -307,26 +307,30 @@ def column_current_bounds(op: CrossbarOp, target: Target, reach: float) -> tuple
     """
     device = target.device
     voltages, weight = applied_voltages(input_encoding(op.input_encoding, target), op.dac_bits, reach)
-    g_pos, g_neg = op.g_pos.double(), op.g_neg.double()
-    if device.separable:  # d_ij(v) = ΔG_ij · g(v): its extremes are at g's
-        unit = device.unit_current(voltages)
-        high, low = float(unit.max().clamp_min(0)), float((-unit).max().clamp_min(0))
-        rising, falling = (g_pos - g_neg).clamp_min(0), (g_neg - g_pos).clamp_min(0)
-        positive, negative = rising * high + falling * low, rising * low + falling * high
-    else:
+
+    def extremes(g_pos: Tensor, g_neg: Tensor) -> Tensor:
+        """``[pairs, 2]``: the largest positive and negative current of each pair over the voltages."""
+        if device.separable:  # d_ij(v) = ΔG_ij · g(v): its extremes are at g's
+            unit = device.unit_current(voltages)
+            high, low = float(unit.max().clamp_min(0)), float((-unit).max().clamp_min(0))
+            rising, falling = (g_pos - g_neg).clamp_min(0), (g_neg - g_pos).clamp_min(0)
+            return torch.stack([rising * high + falling * low, rising * low + falling * high], -1)
         positive, negative = torch.zeros_like(g_pos), torch.zeros_like(g_pos)
-        for difference in cell_differences(op, target, voltages):
+        for difference in cell_differences(op, target, voltages, g_pos, g_neg):
             positive, negative = torch.maximum(positive, difference), torch.maximum(negative, -difference)
+        return torch.stack([positive, negative], -1)
+
+    # Per block of tile rows (per distinct pair where the cells are coded): no matrix of the layer's size.
+    pairs = op.cells.to(torch.float64)
     grid = TileGrid(op.row_splits, op.col_splits)  # type: ignore[arg-type]
-    per_block = [(positive[a:b].sum(0), negative[a:b].sum(0)) for a, b in grid.row_blocks]
-    return torch.stack([p for p, _ in per_block]), torch.stack([n for _, n in per_block]), weight
+    per_block = torch.stack([pairs.per_pair(extremes, a, b).sum(0) for a, b in grid.row_blocks])  # [blocks, columns, 2]
+    return per_block[..., 0], per_block[..., 1], weight
 
 
-def cell_differences(op: CrossbarOp, target: Target, voltages: Tensor) -> Iterator[Tensor]:
-    """``f(v, G⁺) - f(v, G⁻)`` of every cell pair ``[rows, columns]`` [A] at each voltage ``v``, as the chip computes
-    it: through the device's expansion (:func:`~rramc.hardware.expansion.device_expansion`) where the column solver
-    takes one (ideal wires), whose error is within its tolerance of the I-V; else by the I-V itself."""
-    g_pos, g_neg = op.g_pos.double(), op.g_neg.double()
+def cell_differences(op: CrossbarOp, target: Target, voltages: Tensor, g_pos: Tensor, g_neg: Tensor) -> Iterator[Tensor]:
+    """``f(v, G⁺) - f(v, G⁻)`` of the cell pairs ``g_pos``/``g_neg`` (float64) of ``op`` [A] at each voltage ``v``, as the
+    chip computes it: through the device's expansion (:func:`~rramc.hardware.expansion.device_expansion`) where the
+    column solver takes one (ideal wires), whose error is within its tolerance of the I-V; else by the I-V itself."""
     if not target.wires.accepts_terms:
         for v in voltages:
             yield target.device.current(v, g_pos) - target.device.current(v, g_neg)
@@ -334,7 +338,7 @@ def cell_differences(op: CrossbarOp, target: Target, voltages: Tensor) -> Iterat
     c = target.conductance
     expansion = device_expansion(target.device, target.crossbar.read_voltage, c.g_min, c.g_max, op.dac_bits,
                                  tolerance_for(op.adc_bits))
-    terms = (expansion.conductance(g_pos) - expansion.conductance(g_neg)).double()  # [rows, columns, terms]
+    terms = (expansion.conductance(g_pos) - expansion.conductance(g_neg)).double()  # [pairs, terms]
     for phi in expansion.voltage(voltages).double():
         yield terms @ phi
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from rramc.hardware.input_encoding import Read
     from rramc.hardware.lowering import Lowering
     from rramc.hardware.tiling import TileGrid
+    from rramc.ir.cells import CellPairs
 else:
     torch = lazy_import("torch", globals())
     F = lazy_import("torch.nn.functional", globals(), "F")
@@ -49,20 +50,20 @@ PER_CELL_CHUNK_ELEMENTS = 1 << 24
 class Conductances:
     """One layer's cells on one chip instance (or, in training, at one step).
 
-    ``g_pos``/``g_neg`` ``[inputs, outputs]`` [S], the tile ``grid``, how inputs reach the arrays
+    ``pairs``, the cells ``g_pos``/``g_neg`` ``[inputs, outputs]`` [S] (coded, when the solver
+    ``accepts_coded`` cells and they are, see :mod:`rramc.ir.cells`), the tile ``grid``, how inputs reach the arrays
     (``lowering``), the ``device``, its read voltage and programmable ``window``, the DAC
     resolution (``dac_bits``: which voltages occur), the ``tolerance`` the computed currents
     need (relative to a full-scale cell current; it follows the ADC) and the read noise.
 
     ``terms``, when given, are the cell pairs' ``ψ(G⁺) - ψ(G⁻)`` ``[terms, outputs, inputs]`` of the
     device's expansion at this ``dac_bits``/``tolerance``, computed straight from the weights
-    (training's fast path; ``g_pos``/``g_neg`` are then empty): only a solver with
+    (training's fast path; ``pairs`` are then empty): only a solver with
     ``accepts_terms`` may be given such cells. ``weight_encoding`` says how the pairs sit in an
     array (a solver of wires needs the cells' places).
     """
 
-    g_pos: Tensor
-    g_neg: Tensor
+    pairs: CellPairs
     grid: TileGrid
     lowering: Lowering
     device: DeviceModel
@@ -75,6 +76,15 @@ class Conductances:
     weight_encoding: str = "differential"  # how an array holds the pairs: where each cell sits (see wires)
     row_place: Tensor | None = None  # places of the word lines and outputs in their arrays (see CrossbarOp)
     col_place: Tensor | None = None
+
+    @property
+    def g_pos(self) -> Tensor:
+        """The first cell of every pair (decoded: a new matrix when the pairs are coded)."""
+        return self.pairs.side(0)
+
+    @property
+    def g_neg(self) -> Tensor:
+        return self.pairs.side(1)
 
     def expansion(self, squared: bool = False) -> Expansion:
         """The device's expansion for these cells' voltages and accuracy."""
@@ -89,6 +99,8 @@ class ColumnSolver(ABC):
     model: ClassVar[str]
     accepts_terms: ClassVar[bool] = False
     """Whether :meth:`prepare` takes cells given by their expansion terms (see :class:`Conductances`)."""
+    accepts_coded: ClassVar[bool] = False
+    """Whether :meth:`prepare` takes coded cells (:class:`~rramc.ir.cells.CodedPairs`); others are given them decoded."""
     accepts_durations: ClassVar[bool] = False
     """Whether :meth:`read` takes reads whose word lines are driven for part of the window
     (:attr:`~rramc.hardware.input_encoding.Read.durations`): with wires, the currents change as
@@ -122,10 +134,10 @@ class _Matrices:
     """Column sums as matmuls: ``φ(V)`` of the word lines times these per-term cell values."""
 
     expansion: Expansion
-    linear: Tensor | None  # [blocks, height, outputs]: each block's rows (word line i, term k), zero-padded to height
-    height: int  # rows per block: the tallest block's word lines × terms
-    index: Tensor | None  # [blocks, height] the drive row of every slot (terms·inputs: the zero pad), several blocks only
-    consecutive: bool  # the blocks' slots are consecutive slices of the drive (blocks of one height but the last)
+    rows: Tensor | None  # [inputs·terms, outputs]: word line i, term k in row i·terms + k (a linear layer)
+    row_blocks: list[tuple[int, int]]  # the rows of each block of word lines (tile rows), in ``rows``
+    stacked: Tensor | None  # [blocks, height, outputs]: each block's rows, zero-padded (a trainable layer of several blocks)
+    index: Tensor | None  # [blocks, height] the drive row of every slot of ``stacked`` (terms·inputs: the zero pad)
     conv: list[Tensor] | None  # per row block: [outputs, its channels·terms, kh, kw], taps of other blocks zero
     conv_channels: list[tuple[int, int]] | None  # per row block: its input channels (first, last + 1)
     per_term: Tensor | None = None  # [terms, outputs, inputs] of a one-block linear layer given by its terms (training)
@@ -152,6 +164,7 @@ class IdealWires(ColumnSolver):
 
     model: ClassVar[str] = "ideal"
     accepts_terms: ClassVar[bool] = True
+    accepts_coded: ClassVar[bool] = True  # ψ(G⁺) ∓ ψ(G⁻) is a function of the pair: computed per distinct pair
     accepts_durations: ClassVar[bool] = True  # cells are independent: the charge is Σ_i d_i·f(V_i, G)
 
     def prepare(self, cells: Conductances) -> _IdealState:
@@ -183,35 +196,42 @@ class IdealWires(ColumnSolver):
 
 
 def _matrices(cells: Conductances, expansion: Expansion, *, subtract: bool) -> _Matrices:
-    """``ψ(G⁺) ∓ ψ(G⁻)`` of every cell pair, arranged for the layer's matmuls (linear) or convolutions."""
+    """``ψ(G⁺) ∓ ψ(G⁻)`` of every cell pair, arranged for the layer's matmuls (linear) or convolutions.
+
+    Computed per distinct pair where the cells are coded, and written straight into the layout the
+    matmuls read: the only matrix of the layer's size built here is the one kept.
+    """
     grid = cells.grid
     if cells.terms is not None and subtract:
         if cells.lowering.conv is None and grid.uniform:  # kept in the weights' layout: a matmul per term, no copy
-            return _Matrices(expansion, None, 0, None, False, None, None, per_term=cells.terms)
-        cell = cells.terms.transpose(1, 2)
+            return _Matrices(expansion, None, [], None, None, None, None, per_term=cells.terms)
+        cell = cells.terms.permute(2, 1, 0)  # [inputs, outputs, terms]
     else:
-        pos, neg = expansion.conductance(cells.g_pos), expansion.conductance(cells.g_neg)  # [inputs, outputs, terms]
-        cell = (pos - neg if subtract else pos + neg).movedim(-1, 0)
-    terms, n_in, outputs = cell.shape
+        def combined(g_pos: Tensor, g_neg: Tensor) -> Tensor:
+            pos, neg = expansion.conductance(g_pos), expansion.conductance(g_neg)
+            return pos - neg if subtract else pos + neg
+
+        cell = cells.pairs.per_pair(combined)  # [inputs, outputs, terms]
+    n_in, outputs, terms = cell.shape
     if cells.lowering.conv is None:
         # The drive row of word line i, term k is i·terms + k: a row block is a consecutive slice.
-        virtual = cell.permute(1, 0, 2).reshape(n_in * terms, outputs)
-        if grid.uniform:
-            return _Matrices(expansion, virtual[None], terms * n_in, None, True, None, None)
-        heights = [b - a for a, b in grid.row_blocks]
-        height = max(heights) * terms
-        index = torch.full((len(heights), height), terms * n_in, dtype=torch.long, device=virtual.device)
-        for block, (a, b) in enumerate(grid.row_blocks):
-            index[block, : (b - a) * terms] = torch.arange(a * terms, b * terms, device=virtual.device)
-        padded = torch.cat([virtual, virtual.new_zeros(1, outputs)])
-        consecutive = all(h == heights[0] for h in heights[:-1])
-        return _Matrices(expansion, padded[index], height, index, consecutive, None, None)
+        rows = cell.transpose(1, 2).reshape(n_in * terms, outputs)  # a view when there is one term
+        row_blocks = [(a * terms, b * terms) for a, b in grid.row_blocks]
+        if grid.uniform or not rows.requires_grad:
+            return _Matrices(expansion, rows, row_blocks, None, None, None, None)
+        # Trainable: one batched matmul over the blocks, gathered into equal heights, beats a loop of small ones.
+        height = max(b - a for a, b in row_blocks)
+        index = torch.full((len(row_blocks), height), terms * n_in, dtype=torch.long, device=rows.device)
+        for block, (a, b) in enumerate(row_blocks):
+            index[block, : b - a] = torch.arange(a, b, device=rows.device)
+        padded = torch.cat([rows, rows.new_zeros(1, outputs)])
+        return _Matrices(expansion, None, row_blocks, padded[index], index, None, None)
     (kh, kw), *_ = cells.lowering.conv
     taps = kh * kw
     channels = n_in // taps
-    full = cell.reshape(terms, channels, kh, kw, outputs).permute(4, 1, 0, 2, 3)  # [outputs, C, terms, kh, kw]
+    full = cell.reshape(channels, kh, kw, outputs, terms).permute(3, 0, 4, 1, 2)  # [outputs, C, terms, kh, kw]
     if grid.uniform:
-        return _Matrices(expansion, None, 0, None, False, [full.reshape(outputs, channels * terms, kh, kw).contiguous()],
+        return _Matrices(expansion, None, [], None, None, [full.reshape(outputs, channels * terms, kh, kw).contiguous()],
                          [(0, channels)])
     # A row block covers consecutive (channel, tap) rows: its convolution reads the channels it
     # touches, with the taps of its neighbours' rows zeroed (at most one channel shared per edge).
@@ -222,7 +242,7 @@ def _matrices(cells: Conductances, expansion: Expansion, *, subtract: bool) -> _
         inside = ((row >= a) & (row < b)).to(cell.dtype)[c0:c1]  # [channels of the block, 1, kh, kw]
         weights.append((full[:, c0:c1] * inside).reshape(outputs, (c1 - c0) * terms, kh, kw).contiguous())
         spans.append((c0, c1))
-    return _Matrices(expansion, None, 0, None, False, weights, spans)
+    return _Matrices(expansion, None, [], None, None, weights, spans)
 
 
 def _drive(matrices: _Matrices, read: Read, squared: bool = False) -> Tensor:
@@ -245,10 +265,9 @@ def _drive(matrices: _Matrices, read: Read, squared: bool = False) -> Tensor:
 
 
 def _matmul(matrices: _Matrices, cells: Conductances, read: Read, squared: bool = False) -> Tensor:
-    if matrices.expansion.exact and cells.lowering.conv is None and matrices.linear is not None and len(matrices.linear) == 1:
-        return torch.matmul(_drive(matrices, read, squared)[..., 0], matrices.linear[0]).unsqueeze(0)  # the common case
+    if matrices.expansion.exact and matrices.rows is not None and len(matrices.row_blocks) == 1:
+        return torch.matmul(_drive(matrices, read, squared)[..., 0], matrices.rows).unsqueeze(0)  # the common case
     phi = _drive(matrices, read, squared)
-    terms = phi.shape[-1]
     if matrices.per_term is not None:
         out = F.linear(phi[..., 0], matrices.per_term[0])
         for k in range(1, phi.shape[-1]):
@@ -256,22 +275,20 @@ def _matmul(matrices: _Matrices, cells: Conductances, read: Read, squared: bool 
         return out[None]
     if cells.lowering.conv is None:
         flat = phi.reshape(phi.shape[0], -1)  # [batch, inputs·terms], term k of input i at i·terms + k
-        assert matrices.linear is not None
-        blocks = matrices.linear.shape[0]
-        if blocks == 1:
-            return torch.matmul(flat, matrices.linear[0])[None]
-        if matrices.consecutive and not (flat.requires_grad or matrices.linear.requires_grad):
-            # Each block's rows are a slice of the drive: a matmul per block into one buffer, no gathering.
-            out = flat.new_empty(blocks, flat.shape[0], matrices.linear.shape[2])
-            for block in range(blocks):
-                rows = flat[:, block * matrices.height : (block + 1) * matrices.height]
-                torch.mm(rows, matrices.linear[block, : rows.shape[1]], out=out[block])
-            return out
-        assert matrices.index is not None
-        padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
-        return torch.bmm(padded[:, matrices.index].transpose(0, 1), matrices.linear)
+        if matrices.stacked is not None:
+            assert matrices.index is not None
+            padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
+            return torch.bmm(padded[:, matrices.index].transpose(0, 1), matrices.stacked)
+        assert matrices.rows is not None
+        if flat.requires_grad:
+            return torch.stack([flat[:, a:b] @ matrices.rows[a:b] for a, b in matrices.row_blocks])
+        # Each block's rows are a slice of the drive and of the matrix: a matmul per block into one buffer.
+        out = flat.new_empty(len(matrices.row_blocks), flat.shape[0], matrices.rows.shape[1])
+        for block, (a, b) in enumerate(matrices.row_blocks):
+            torch.mm(flat[:, a:b], matrices.rows[a:b], out=out[block])
+        return out
     _, stride, padding, dilation = cells.lowering.conv
-    batch, channels, h, w = phi.shape[:4]
+    batch, channels, h, w, terms = phi.shape
     drive = phi.permute(0, 1, 4, 2, 3).reshape(batch, channels * terms, h, w) if terms > 1 else phi[..., 0]
     assert matrices.conv is not None and matrices.conv_channels is not None
     results = [F.conv2d(drive[:, c0 * terms : c1 * terms], weight, None, stride, padding, dilation)
@@ -285,11 +302,11 @@ def _per_cell(cells: Conductances, voltages: Tensor, generator: torch.Generator 
     lowering = cells.lowering
     vectors = lowering.vectors(voltages)
     fractions = None if durations is None else lowering.vectors(durations)
-    outputs = cells.g_pos.shape[1]
+    outputs = cells.pairs.shape[1]
     spatial = lowering.output_size(voltages)
     blocks = []
     for a, b in cells.grid.row_blocks:
-        g_pos, g_neg = cells.g_pos[a:b], cells.g_neg[a:b]
+        g_pos, g_neg = cells.pairs.rows(a, b)
         chunk = max(1, PER_CELL_CHUNK_ELEMENTS // max(1, (b - a) * outputs))
         parts = []
         for start in range(0, vectors.shape[0], chunk):
@@ -329,6 +346,7 @@ def column_currents(
     """
     from rramc.hardware.expansion import IDEAL_TOLERANCE
     from rramc.hardware.input_encoding import Read
+    from rramc.ir.cells import DensePairs
     from rramc.hardware.lowering import Lowering
     from rramc.hardware.tiling import TileGrid
 
@@ -337,7 +355,7 @@ def column_currents(
     window = window or (float(g.min()), float(g.max()))
     if window[1] <= window[0]:
         window = (window[0], window[0] * 1.001 + 1e-12)
-    cells = Conductances(g_pos, g_neg, grid, Lowering(), device, read_voltage or float(voltages.max()) or 1.0, window, None,
+    cells = Conductances(DensePairs(g_pos, g_neg), grid, Lowering(), device, read_voltage or float(voltages.max()) or 1.0, window, None,
                          IDEAL_TOLERANCE, read_noise_sigma)
     solver = solver or IdealWires()
     return solver.read(solver.prepare(cells), Read(1.0, voltages), generator)

@@ -188,13 +188,14 @@ def physical_cells(layer: CrossbarLayer) -> Tensor:
     ones of the tile are taken.
     """
     cells = layer.cells
-    if cells.terms is not None or cells.g_pos.numel() == 0:
+    if cells.terms is not None or 0 in cells.pairs.shape:
         raise RramcError(f"{layer.source}: the cell energy needs the programmed conductances (a chip's layer, not a training step's)")
     encoding = WEIGHT_ENCODINGS.get(layer.op.weight_encoding)(layer.target)
-    parts = [cells.g_pos.detach()]
+    g_pos, g_neg = cells.pairs.dense()
+    parts = [g_pos.detach()]
     for a, b in layer.grid.col_blocks:
         shared = min(encoding.bit_lines(b - a) - (b - a), b - a)
-        parts.append(cells.g_neg.detach()[:, a : a + shared])
+        parts.append(g_neg.detach()[:, a : a + shared])
     return torch.cat(parts, dim=1).to(torch.float64)
 
 
@@ -245,7 +246,7 @@ class _LayerTally:
     def __init__(self, layer: CrossbarLayer, owner: _LayerTally | None = None) -> None:
         """``owner``: the tally of the layer whose arrays (the same cells) this one reads, if counted already."""
         self.op, self.cost = layer.op, layer.target.cost
-        self.columns = layer.cells.g_pos.shape[1]  # one per output, or per output and bit slice
+        self.columns = layer.cells.pairs.shape[1]  # one per output, or per output and bit slice
         self.layout = layout(layer.op, layer.target, layer.inputs)
         self.source_cells = layer.cells
         if owner is not None:

@@ -142,7 +142,7 @@ class FloatKernel:
         if op.trained_for is None:
             return float_layer(op, x)
         layer = self._device_aware.get(node.name)
-        if layer is None or layer.cells.g_pos.dtype != x.dtype or layer.cells.g_pos.device != x.device:
+        if layer is None or layer.cells.pairs.dtype != x.dtype or layer.cells.pairs.device != x.device:
             layer = self._device_aware[node.name] = device_reference(node, x.dtype, x.device)
         assert layer.op.input_range is not None
         return layer(x)

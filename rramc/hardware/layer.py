@@ -32,6 +32,7 @@ from rramc.hardware.target import Target
 from rramc.hardware.tiling import TileGrid, split_points
 from rramc.hardware.weight_encoding import WEIGHT_ENCODINGS, WeightEncoding
 from rramc.ir import Conv2d, CrossbarConv2d, CrossbarLinear, CrossbarOp, InputRange, Linear, Node, weight_matrix
+from rramc.ir.cells import CellPairs, CodedPairs, DensePairs
 
 Phase = tuple[float, Tensor]  # (digital weight: ± read weight, tile column currents)
 
@@ -119,26 +120,28 @@ class CrossbarLayer:
         if require_calibration and not op.is_calibrated:
             raise RuntimeSimulationError(f"{where} is not calibrated: run the 'calibrate' pass before executing it on the chip")
         weights, inputs = encodings(op, target, where)
-        g_pos, g_neg = (g.to(device=device, dtype=dtype) for g in (op.g_pos, op.g_neg))
+        pairs: CellPairs = op.cells.to(dtype=dtype, device=device)
         assert op.row_splits is not None and op.col_splits is not None
-        grid = TileGrid(op.row_splits, op.col_splits)
         write = cell_writer(target, generator)
-        if write is not None:
-            g_pos, g_neg = weights.program(g_pos, g_neg, write, grid)
-        return cls.build(node.name, node.source, op, target, g_pos, g_neg, inputs)
+        if write is not None:  # every cell its own value: the chip instance's cells are dense
+            pairs = DensePairs(*weights.program(*pairs.dense(), write, TileGrid(op.row_splits, op.col_splits)))
+        return cls.build(node.name, node.source, op, target, pairs, inputs)
 
     @classmethod
-    def build(cls, name: str, source: str, op: CrossbarOp, target: Target, g_pos: Tensor, g_neg: Tensor,
+    def build(cls, name: str, source: str, op: CrossbarOp, target: Target, pairs: CellPairs,
               inputs: InputEncoding, *, tolerance: float | None = None, terms: Tensor | None = None) -> CrossbarLayer:
-        """A layer of ``op`` on these cells; ``tolerance`` of the column currents (default: from the op's
-        ADC), ``terms`` the cells' expansion terms when given directly (see :class:`Conductances`)."""
+        """A layer of ``op`` on the cells ``pairs`` (decoded for a solver that does not take them coded);
+        ``tolerance`` of the column currents (default: from the op's ADC), ``terms`` the cells' expansion
+        terms when given directly (see :class:`Conductances`)."""
         assert op.row_splits is not None and op.col_splits is not None
         c = target.conductance
-        cells = Conductances(g_pos, g_neg, TileGrid(op.row_splits, op.col_splits), Lowering.of(op), target.device,
+        solver = target.wires
+        if isinstance(pairs, CodedPairs) and not solver.accepts_coded:
+            pairs = DensePairs(*pairs.dense())
+        cells = Conductances(pairs, TileGrid(op.row_splits, op.col_splits), Lowering.of(op), target.device,
                              target.crossbar.read_voltage, (c.g_min, c.g_max), op.dac_bits,
                              tolerance_for(op.adc_bits) if tolerance is None else tolerance,
                              target.nonidealities.read_noise_sigma, terms, op.weight_encoding, op.row_place, op.col_place)
-        solver = target.wires
         layer = cls(name, source, op, target, cells, solver, inputs, solver.prepare(cells))
         return layer.calibrated(op)
 
@@ -151,13 +154,13 @@ class CrossbarLayer:
         if (op.dac_bits, op.adc_bits) == (self.op.dac_bits, self.op.adc_bits):  # the same cells to the same accuracy:
             return CrossbarLayer(node.name, node.source, op, self.target, self.cells, self.solver, inputs,  # the solver's
                                  self.state).calibrated(op)  # state too (an unrolled LSTM prepares its arrays once)
-        return CrossbarLayer.build(node.name, node.source, op, self.target, self.cells.g_pos, self.cells.g_neg, inputs)
+        return CrossbarLayer.build(node.name, node.source, op, self.target, self.cells.pairs, inputs)
 
     def calibrated(self, op: CrossbarOp) -> CrossbarLayer:
         """This layer with the ranges, gain and offset of a newly calibrated ``op`` (same cells)."""
         self.op = op
         self.adc_range = self._readout_factors = None
-        reference = self.cells.g_pos.detach()
+        reference = torch.empty(0, dtype=self.cells.pairs.dtype, device=self.cells.pairs.device)  # what .to() converts to
         slice_weights = op.slice_weights()
         self._slice_weights = None if slice_weights is None else slice_weights.to(reference)
         if op.adc_range is not None:
@@ -328,22 +331,22 @@ def mapped_layer(
         fast = weights.cell_terms(flat, expansion, per_column=per_column)
     if fast is not None:
         terms, per_weight = fast
-        g_pos = g_neg = flat.new_empty(0)
+        pairs: CellPairs = DensePairs(flat.new_empty(0), flat.new_empty(0))
     else:
         # a sliced weight's digits are the chip's whether or not its levels are in the loop
         mapped = weights.map_planned(flat, per_column=per_column, levels=plan.levels if levels else None,
                                      slices=plan.weight_slices, slice_bits=plan.slice_bits)
-        terms, per_weight, g_pos, g_neg = None, mapped.conductance_per_weight, mapped.g_pos, mapped.g_neg
+        terms, per_weight, pairs = None, mapped.conductance_per_weight, mapped.pairs
         write = cell_writer(target, generator) if variation else None
         if write is not None:
-            g_pos, g_neg = weights.program(g_pos, g_neg, write, grid)
+            pairs = DensePairs(*weights.program(*pairs.dense(), write, grid))
     response = inputs.full_scale_response(dac_bits)
-    op = crossbar_op(node.op, weight=weight, bias=bias, g_pos=g_pos, g_neg=g_neg, conductance_per_weight=per_weight,
+    op = crossbar_op(node.op, weight=weight, bias=bias, cells=pairs, conductance_per_weight=per_weight,
                      weight_encoding=plan.weight_encoding, input_encoding=plan.input_encoding, dac_bits=dac_bits,
                      adc_bits=adc_bits, input_range=input_range, gain=input_range.scale / (per_weight * response),
                      row_splits=grid.row_splits, col_splits=grid.col_splits, adc_range=adc_range, weight_slices=plan.weight_slices,
                      slice_bits=plan.slice_bits)
     layer_target = target if variation else target.nominal()
-    layer = CrossbarLayer.build(node.name, node.source, op, layer_target, g_pos, g_neg, inputs, tolerance=tolerance, terms=terms)
+    layer = CrossbarLayer.build(node.name, node.source, op, layer_target, pairs, inputs, tolerance=tolerance, terms=terms)
     layer.clip_inputs = True
     return layer

@@ -34,18 +34,29 @@ if TYPE_CHECKING:
     from rramc.hardware.expansion import Expansion, UniformTable
     from rramc.hardware.mapping import ReadCurrent
     from rramc.hardware.tiling import TileGrid
+    from rramc.ir import cells as cell_pairs
+    from rramc.ir.cells import CellPairs
 else:
     torch = lazy_import("torch", globals())
     mapping = lazy_import("rramc.hardware.mapping", globals())
+    cell_pairs = lazy_import("rramc.ir.cells", globals(), "cell_pairs")
 
 
 @dataclass(frozen=True)
 class MappedWeights:
-    """``g_pos``/``g_neg`` ``[inputs, outputs]`` [S] and the scale ``conductance_per_weight`` [S per weight unit]."""
+    """The cells ``pairs`` — ``g_pos``/``g_neg`` ``[inputs, outputs]`` [S], coded where they sit on levels
+    (:mod:`rramc.ir.cells`) — and the scale ``conductance_per_weight`` [S per weight unit]."""
 
-    g_pos: Tensor
-    g_neg: Tensor
+    pairs: CellPairs
     conductance_per_weight: Tensor
+
+    @property
+    def g_pos(self) -> Tensor:
+        return self.pairs.side(0)
+
+    @property
+    def g_neg(self) -> Tensor:
+        return self.pairs.side(1)
 
 
 class WeightEncoding(ABC):
@@ -110,29 +121,30 @@ Cells = Callable[["Tensor", "Tensor"], tuple["Tensor", "Tensor"]]
 ``g_pos``/``g_neg`` ``[outputs·k, inputs]`` (``k`` cells per weight); each cell depends on its weight and its output's peak alone."""
 
 
-def _map_cells(weight: Tensor, peak: Tensor, cells: Cells) -> tuple[Tensor, Tensor]:
+def _map_cells(weight: Tensor, peak: Tensor, cells: Cells) -> CellPairs:
     """``cells`` of ``weight`` as ``[inputs, outputs·k]`` conductances in the weight's precision.
 
     A weight being trained is mapped at once, differentiably. Otherwise the map runs in float64
     on blocks of whole outputs (the cells of a block depend on nothing outside it), which gives
-    the same values as mapping the whole matrix at once in a fraction of the memory and time.
+    the same values as mapping the whole matrix at once in a fraction of the memory and time,
+    and each block is coded as it comes (:class:`~rramc.ir.cells.PairCoder`): conductances on
+    levels take a byte per pair, and the layer's dense matrices never exist.
     """
     if weight.requires_grad:
         g_pos, g_neg = cells(weight, peak)
-        return g_pos.T, g_neg.T
+        return cell_pairs.DensePairs(g_pos.T, g_neg.T)
     outputs, inputs = weight.shape
     peak = peak.detach().to(torch.float64)
     step = max(1, BLOCK // max(inputs, 1))
-    g_pos = g_neg = None
+    coder = None
     for a in range(0, outputs, step):
         block_pos, block_neg = cells(weight[a:a + step].detach().to(torch.float64), peak[a:a + step])
-        if g_pos is None or g_neg is None:
-            k = block_pos.shape[0] // min(step, outputs)  # cells per weight
-            g_pos, g_neg = (weight.new_empty((inputs, outputs * k)) for _ in range(2))
-        g_pos[:, a * k:a * k + block_pos.shape[0]] = block_pos.T
-        g_neg[:, a * k:a * k + block_neg.shape[0]] = block_neg.T
-    assert g_pos is not None and g_neg is not None
-    return g_pos, g_neg
+        k = block_pos.shape[0] // min(step, outputs - a)  # cells per weight
+        if coder is None:
+            coder = cell_pairs.PairCoder(inputs, outputs * k, weight.dtype, weight.device)
+        coder.write(a * k, block_pos.T, block_neg.T)
+    assert coder is not None
+    return coder.finish()
 
 
 def _peak(weight: Tensor, per_column: bool) -> Tensor:
@@ -174,7 +186,7 @@ class Differential(WeightEncoding):
             return g[0], g[1]
 
         peak = _peak(weight, per_column)
-        return MappedWeights(*_map_cells(weight, peak, cells), _scale(weight, (c.g_max - c.g_min) / peak))
+        return MappedWeights(_map_cells(weight, peak, cells), _scale(weight, (c.g_max - c.g_min) / peak))
 
     def map_sliced(self, weight: Tensor, *, per_column: bool, slices: int, bits: int, levels: int | None) -> MappedWeights:
         # |W| / peak becomes an integer of slices·bits bits; each slice holds one base-2^bits digit of it, as
@@ -198,7 +210,7 @@ class Differential(WeightEncoding):
             return pair[0].reshape(-1, w.shape[-1]), pair[1].reshape(-1, w.shape[-1])
 
         peak = _peak(weight, per_column).detach()  # the slices' digits are not trained through the peak
-        return MappedWeights(*_map_cells(weight, peak, cells), _scale(weight, (c.g_max - c.g_min) / peak))
+        return MappedWeights(_map_cells(weight, peak, cells), _scale(weight, (c.g_max - c.g_min) / peak))
 
     def cell_terms(self, weight: Tensor, expansion: Expansion, *, per_column: bool) -> tuple[Tensor, Tensor] | None:
         # ψ(G⁺) - ψ(G⁻) depends on the weight only through t = c·W (the read-current difference at full
@@ -260,7 +272,7 @@ class Offset(WeightEncoding):
 
         peak = _peak(weight, per_column)
         per_weight = half / peak  # A per weight unit
-        return MappedWeights(*_map_cells(weight, peak, cells), _scale(weight, per_weight / rc.response))
+        return MappedWeights(_map_cells(weight, peak, cells), _scale(weight, per_weight / rc.response))
 
     def program(self, g_pos: Tensor, g_neg: Tensor, write: Callable[[Tensor], Tensor], grid: TileGrid) -> tuple[Tensor, Tensor]:
         # One reference cell per word line and array, shared by the array's columns.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ class Node:
 
 
 def _tensors_in(value: Any) -> Iterator[torch.Tensor]:
-    """The tensors an attribute holds (itself, or inside a tuple, list or typed attribute)."""
+    """The tensors a value holds (itself, or inside a tuple, a list or a dataclass: a typed attribute, an op, cell pairs)."""
     if isinstance(value, torch.Tensor):
         yield value
     elif isinstance(value, (tuple, list)):
@@ -152,10 +152,36 @@ class Graph:
             return copy.deepcopy(self)
         memo: dict[int, Any] = {}
         for node in self:
-            for value in node.op.attributes().values():
-                for tensor in _tensors_in(value):
-                    memo[id(tensor)] = tensor
+            for tensor in _tensors_in(node.op):
+                memo[id(tensor)] = tensor
         return copy.deepcopy(self, memo)
+
+    def own_copies(self, of: Iterable[torch.Tensor]) -> int:
+        """Give every op its own copy of each tensor that shares storage with one of ``of`` (a model's
+        parameters, which the importer reads without copying); a tensor several ops hold stays one.
+        Returns how many tensors were copied."""
+        storages = {t.untyped_storage().data_ptr() for t in of if t.numel()}
+        copies: dict[int, torch.Tensor] = {}
+
+        def owned(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                if value.numel() == 0 or value.untyped_storage().data_ptr() not in storages:
+                    return value
+                if id(value) not in copies:
+                    copies[id(value)] = value.clone()
+                return copies[id(value)]
+            if isinstance(value, (tuple, list)):
+                items = [owned(item) for item in value]
+                return value if all(a is b for a, b in zip(items, value)) else type(value)(items)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                changes = {f.name: new for f in dataclasses.fields(value) if f.init
+                           for new in [owned(getattr(value, f.name))] if new is not getattr(value, f.name)}
+                return dataclasses.replace(value, **changes) if changes else value
+            return value
+
+        for node in self:
+            node.op = owned(node.op)
+        return len(copies)
 
     # --- algorithms ----------------------------------------------------------------------------
 
@@ -232,7 +258,9 @@ class Graph:
             layout = ("weight_encoding", "weight_slices", "slice_bits", "row_splits", "col_splits")
             if any(getattr(op, f) != getattr(other, f) for f in layout):
                 return f"shares the arrays of %{shares} but lays them out differently ({', '.join(layout)})"
-            for name in ("g_pos", "g_neg", "row_place", "col_place"):
+            if not op.cells.equal(other.cells):
+                return f"shares the arrays of %{shares} but its conductances differ from theirs"
+            for name in ("row_place", "col_place"):
                 mine, theirs = getattr(op, name), getattr(other, name)
                 if mine is not theirs and not (mine is not None and theirs is not None and torch.equal(mine, theirs)):
                     return f"shares the arrays of %{shares} but its {name} differs from theirs"

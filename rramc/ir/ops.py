@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rramc.ir.attributes import Attribute, DeviceTraining, InputRange
+from rramc.ir.cells import CellPairs, CodedPairs, DensePairs
 
 Shape = tuple[int, ...]
 Bounds = tuple[float | None, float | None]
@@ -69,7 +71,19 @@ class Op:
         return (None, None)
 
     def attributes(self) -> dict[str, Any]:
+        """The op's attributes as the IR text and the executable file spell them (its fields, unless an op says otherwise)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def attribute_types(cls) -> dict[str, Any]:
+        """The declared type of every name :meth:`attributes` gives."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_attributes(cls, attributes: dict[str, Any]) -> Op:
+        """The op :meth:`attributes` describe (raises ``TypeError`` for a missing or unknown one)."""
+        return cls(**attributes)
 
     def replace(self, **changes: Any) -> Op:
         return dataclasses.replace(self, **changes)
@@ -144,7 +158,7 @@ def _check_vector(name: str, value: Tensor | None, length: int) -> None:
 
 
 def _check_attributes(op: Op) -> None:
-    for value in op.attributes().values():
+    for value in (getattr(op, f.name) for f in dataclasses.fields(op)):
         if isinstance(value, Attribute):
             value.check()
 
@@ -536,7 +550,9 @@ class CrossbarOp(Op):
     Conductances are stored as a matrix with one row per word line (input) and one column per
     output: ``g_pos`` and ``g_neg`` are the two cells of each weight as the weight encoding
     ``weight_encoding`` places them (the two columns of a differential pair, or the weight column
-    and the shared reference column), in siemens. ``conductance_per_weight`` (S per weight unit,
+    and the shared reference column), in siemens. ``cells`` holds them (:mod:`rramc.ir.cells`):
+    coded, one byte per pair, when they sit on the target's levels; ``g_pos``/``g_neg`` decode
+    them (the IR text and the file name them so). ``conductance_per_weight`` (S per weight unit,
     per output) is the mapping's scale. ``input_encoding`` names how activations become
     word-line signals (``amplitude``: the activation sets the read voltage).
 
@@ -564,8 +580,7 @@ class CrossbarOp(Op):
 
     weight: Tensor
     bias: Tensor | None = None
-    g_pos: Tensor
-    g_neg: Tensor
+    cells: CellPairs
     conductance_per_weight: Tensor
     weight_encoding: str = "differential"
     input_encoding: str = "amplitude"
@@ -583,6 +598,54 @@ class CrossbarOp(Op):
     weight_slices: int | None = None
     slice_bits: int | None = None
     shares: str | None = None
+
+    @property
+    def g_pos(self) -> Tensor:
+        """The first cell of every pair ``[word lines, columns]`` [S] (decoded: a new matrix when ``cells`` are coded)."""
+        return self.cells.side(0)
+
+    @property
+    def g_neg(self) -> Tensor:
+        """The second cell of every pair (see :attr:`g_pos`)."""
+        return self.cells.side(1)
+
+    def attributes(self) -> dict[str, Any]:
+        """The fields, with ``cells`` spelt as the conductances ``g_pos`` and ``g_neg``."""
+        attributes: dict[str, Any] = {}
+        for name, value in super().attributes().items():
+            if name == "cells":
+                attributes["g_pos"], attributes["g_neg"] = value.dense()
+            else:
+                attributes[name] = value
+        return attributes
+
+    @classmethod
+    def attribute_types(cls) -> dict[str, Any]:
+        types: dict[str, Any] = {}
+        for name, hint in super().attribute_types().items():
+            if name == "cells":
+                types["g_pos"] = types["g_neg"] = Tensor
+            else:
+                types[name] = hint
+        return types
+
+    def replace(self, **changes: Any) -> Op:
+        """Also takes new ``g_pos`` and/or ``g_neg`` (held as they are given, dense)."""
+        if "g_pos" in changes or "g_neg" in changes:
+            g_pos, g_neg = changes.pop("g_pos", None), changes.pop("g_neg", None)
+            changes["cells"] = DensePairs(self.g_pos if g_pos is None else g_pos, self.g_neg if g_neg is None else g_neg)
+        return super().replace(**changes)
+
+    @classmethod
+    def from_attributes(cls, attributes: dict[str, Any]) -> Op:
+        """Also takes ``cells`` itself in place of ``g_pos`` and ``g_neg`` (a file's coded pairs)."""
+        attributes = dict(attributes)
+        if "cells" not in attributes:
+            g_pos, g_neg = attributes.pop("g_pos", None), attributes.pop("g_neg", None)
+            if not isinstance(g_pos, Tensor) or not isinstance(g_neg, Tensor):
+                raise TypeError("a crossbar op needs the tensors g_pos and g_neg")
+            attributes["cells"] = DensePairs(g_pos, g_neg)
+        return cls(**attributes)
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -639,16 +702,20 @@ class CrossbarOp(Op):
             raise ValueError("weight_slices and slice_bits must be set together")
         if self.weight_slices is not None and not (1 <= self.weight_slices <= 16 and 1 <= self.slices * (self.slice_bits or 0) <= 32):
             raise ValueError(f"weight_slices={self.weight_slices}, slice_bits={self.slice_bits}: expected 1..16 slices of at most 32 bits in all")
-        if tuple(self.g_pos.shape) != (rows, self.columns):
-            raise ValueError(f"g_pos {list(self.g_pos.shape)} does not match the weight {list(self.weight.shape)}"
+        if not isinstance(self.cells, CellPairs):
+            raise ValueError(f"cells must be conductance pairs (rramc.ir.cells), not a {type(self.cells).__name__}")
+        if isinstance(self.cells, DensePairs) and self.cells.g_neg.shape != self.cells.g_pos.shape:
+            raise ValueError(f"g_neg {list(self.cells.g_neg.shape)} differs from g_pos {list(self.cells.g_pos.shape)}")
+        if self.cells.shape != (rows, self.columns):
+            raise ValueError(f"g_pos {list(self.cells.shape)} does not match the weight {list(self.weight.shape)}"
                              + (f" in {self.slices} slices" if self.weight_slices else ""))
-        if self.g_neg.shape != self.g_pos.shape:
-            raise ValueError(f"g_neg {list(self.g_neg.shape)} differs from g_pos {[rows, cols]}")
         _check_vector("bias", self.bias, cols)
         _check_vector("conductance_per_weight", self.conductance_per_weight, cols)
         _check_vector("gain", self.gain, cols)
         _check_vector("offset", self.offset, cols)
-        if bool((self.g_pos < 0).any() or (self.g_neg < 0).any()):
+        if isinstance(self.cells, CodedPairs):
+            self.cells.check_codes()
+        if self.cells.extrema()[0] < 0:
             raise ValueError("conductances must be non-negative")
         for name in ("weight_encoding", "input_encoding"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):

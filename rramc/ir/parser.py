@@ -18,7 +18,7 @@ import torch
 from rramc.errors import VerifyError
 from rramc.ir.attributes import ATTRIBUTES
 from rramc.ir.graph import Graph
-from rramc.ir.ops import OPS
+from rramc.ir.ops import OPS, Op
 from rramc.ir.printer import DTYPE_NAMES
 
 _DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
@@ -193,9 +193,14 @@ def _keywords(cur: _Cursor, open_: str, close: str) -> tuple[dict[str, Any], dic
 
 
 def _typed(cls: type, values: dict[str, Any], cur: _Cursor, columns: dict[str, int]) -> dict[str, Any]:
-    """Field values converted to the dataclass's declared types where text is ambiguous (int vs float)."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    """Field values converted to the declared types where text is ambiguous (int vs float); an op's are the
+    names its text spells (:meth:`~rramc.ir.ops.Op.attribute_types`)."""
+    if issubclass(cls, Op):
+        hints = cls.attribute_types()
+    else:
+        all_hints = typing.get_type_hints(cls)
+        hints = {f.name: all_hints[f.name] for f in dataclasses.fields(cls)}
+    names = set(hints)
     unknown = sorted(set(values) - names, key=lambda k: columns[k])
     if unknown:
         raise cur.error(f"{getattr(cls, 'kind', cls.__name__)} has no field(s) {', '.join(unknown)}; its fields: "
@@ -259,7 +264,7 @@ def _parse_node(graph: Graph, line: str, line_no: int) -> None:
     if not cur.done():
         raise cur.error("unexpected text after the shape")
     try:
-        op = cls(**_typed(cls, attrs, cur, columns))
+        op = cls.from_attributes(_typed(cls, attrs, cur, columns))
     except TypeError as exc:
         raise cur.error(f"{kind}: {exc}", kind_column) from None
     if name in graph:

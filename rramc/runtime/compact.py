@@ -1,10 +1,7 @@
 """How the executable file stores its big tensors compactly.
 
-Conductances: each op's ``g_pos``/``g_neg`` pair becomes one code per cell pair into a codebook
-of its distinct ``(g_pos, g_neg)`` pairs, uint8 for at most 256 of them and uint16 for at most
-65,536: exact by construction, and without knowing the target (a differential pair on 32 levels
-has 63 distinct pairs). Continuous conductances (the ``ideal`` target) have about as many pairs
-as cells; they stay as they are.
+Conductances: each op's ``g_pos``/``g_neg`` pair is stored as one code per cell pair into a codebook
+of its distinct ``(g_pos, g_neg)`` pairs, as the compiler holds them (:mod:`rramc.ir.cells`).
 
 Reference weights (the float layers the chip is compared with): per-output fixed point of
 :data:`FIXED_BITS` bits, two values packed in three bytes. Each output's scale is the power of
@@ -16,115 +13,12 @@ in float arithmetic and encoding a decoded weight again gives the same bits.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 CHUNK = 1 << 20
 """Elements handled at once: the intermediates of a 100-million-weight layer stay a few MB."""
-
-SAMPLE = 1 << 16
-"""Cell pairs a codebook is first drawn from (evenly spread): sorting them all would take longer than coding."""
-
-CODE_DTYPES = ((256, torch.uint8), (65536, torch.uint16))
-"""Code widths by the number of distinct pairs they can index."""
-
-
-def pair_codebook(g_pos: Tensor, g_neg: Tensor) -> tuple[Tensor, Tensor] | None:
-    """``(codes, codebook)``: ``codebook`` ``[pairs, 2]`` the distinct ``(g_pos, g_neg)`` pairs (in the
-    order of their bits), ``codes`` the index of every cell pair's, flat in ``g_pos``'s order. None
-    when the pairs are too many for uint16 codes, when codes and codebook would not be smaller than
-    the pairs themselves, or for values other than float32."""
-    if g_pos.dtype != torch.float32 or g_neg.dtype != torch.float32 or g_pos.shape != g_neg.shape or g_pos.numel() == 0:
-        return None
-    # Values are compared by their bits (exact, whatever they are), a pair by its two words read as one int64.
-    bits_pos, bits_neg = (g.detach().cpu().reshape(-1).view(torch.int32) for g in (g_pos, g_neg))
-    n = len(bits_pos)
-    # A sample spread over the whole matrix usually holds every pair; a pair it missed sends the
-    # coding round once more with the codebook completed.
-    step = max(1, n // SAMPLE)
-    known = torch.unique(_pair_keys(bits_pos[::step], bits_neg[::step]))
-    for _ in range(2):
-        if not _worth_coding(len(known), n):
-            return None
-        code_dtype = next(dtype for limit, dtype in CODE_DTYPES if len(known) <= limit)
-        codes = torch.empty(n, dtype=code_dtype)
-        missing = known[:0]
-        lookup = _lookup(known)
-        known_pos, known_neg = known.view(torch.int32).reshape(-1, 2).unbind(1)
-        for a in range(0, n, CHUNK):
-            p, q = bits_pos[a:a + CHUNK], bits_neg[a:a + CHUNK]
-            index = lookup(p, q)
-            miss = (known_pos[index] != p) | (known_neg[index] != q)
-            if bool(miss.any()):
-                missing = torch.unique(torch.cat([missing, _pair_keys(p[miss], q[miss])]))
-                if len(known) + len(missing) > CODE_DTYPES[-1][0]:
-                    return None
-            elif not len(missing):
-                codes[a:a + len(p)] = index.to(code_dtype)
-        if not len(missing):
-            return codes, known.view(torch.float32).reshape(-1, 2)
-        known = torch.unique(torch.cat([known, missing]))
-    raise AssertionError("the second round codes every pair")  # pragma: no cover - its codebook holds them all
-
-
-def _pair_keys(bits_pos: Tensor, bits_neg: Tensor) -> Tensor:
-    return torch.stack([bits_pos, bits_neg], 1).view(torch.int64).reshape(-1)
-
-
-HASH_SLOTS = 1 << 16
-_HASH_SHIFTS = ((3, 16), (5, 13), (7, 11), (11, 20), (13, 23), (1, 9), (17, 7), (9, 19))
-
-
-def _lookup(known: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
-    """Pairs (the bits of each side) → their index in ``known``, right for every pair it holds (the caller checks the others).
-
-    Up to 256 known pairs, a table indexed by a hash of the pair's bits, if one of a few hashes tells
-    them apart: five cheap operations per pair instead of a binary search's branches; else the search.
-    """
-    if len(known) <= CODE_DTYPES[0][0]:
-        known_pos, known_neg = known.view(torch.int32).reshape(-1, 2).unbind(1)
-        for a, b in _HASH_SHIFTS:
-            def hashed(p: Tensor, q: Tensor, a: int = a, b: int = b) -> Tensor:
-                return (p ^ (q >> a) ^ (p >> b)) & (HASH_SLOTS - 1)
-
-            slots = hashed(known_pos, known_neg)
-            if len(torch.unique(slots)) == len(known):
-                table = torch.zeros(HASH_SLOTS, dtype=torch.int32)
-                table[slots] = torch.arange(len(known), dtype=torch.int32)
-                return lambda p, q: table[hashed(p, q)]
-    return lambda p, q: torch.searchsorted(known, _pair_keys(p, q)).clamp_(max=len(known) - 1)
-
-
-def _worth_coding(pairs: int, cells: int) -> bool:
-    """Whether codes and codebook take fewer bytes than the float32 pairs themselves."""
-    if pairs > CODE_DTYPES[-1][0]:
-        return False
-    code_size = 1 if pairs <= CODE_DTYPES[0][0] else 2
-    return cells * code_size + pairs * 8 < cells * 8
-
-
-def decode_pairs(codes: Tensor, codebook: Tensor, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """``g_pos``, ``g_neg`` of ``shape`` from :func:`pair_codebook`'s codes and codebook.
-
-    Raises ``ValueError`` if they do not fit together (a code past the codebook, a count that is not the shape's).
-    """
-    if codes.dtype not in {dtype for _, dtype in CODE_DTYPES} or codes.dim() != 1:
-        raise ValueError(f"pair codes must be a vector of uint8 or uint16, not {codes.dtype} {list(codes.shape)}")
-    if codebook.dim() != 2 or codebook.shape[1] != 2 or len(codebook) == 0:
-        raise ValueError(f"a pair codebook must be [pairs, 2], not {list(codebook.shape)}")
-    if codes.numel() != math.prod(shape):
-        raise ValueError(f"{codes.numel()} pair codes for conductances of shape {list(shape)}")
-    g_pos, g_neg = (torch.empty(codes.numel(), dtype=codebook.dtype) for _ in range(2))
-    values_pos, values_neg = codebook[:, 0].contiguous(), codebook[:, 1].contiguous()
-    for a in range(0, codes.numel(), CHUNK):
-        index = codes[a:a + CHUNK].to(torch.int32)
-        if int(index.max()) >= len(codebook):
-            raise ValueError(f"a pair code is {int(index.max())}, past the codebook's {len(codebook)} pairs")
-        torch.index_select(values_pos, 0, index, out=g_pos[a:a + CHUNK])
-        torch.index_select(values_neg, 0, index, out=g_neg[a:a + CHUNK])
-    return g_pos.reshape(shape), g_neg.reshape(shape)
 
 
 FIXED_BITS = 12

@@ -17,6 +17,7 @@ from rramc.hardware.observers import ClipCounter
 from rramc.hardware.target import Target
 from rramc.hardware.weight_encoding import WEIGHT_ENCODINGS
 from rramc.ir import CrossbarOp, Graph, Input, Node, Output
+from rramc.ir.cells import DensePairs
 from rramc.runtime.file_format import REFERENCE_WEIGHTS, deserialize, serialize, write_atomically
 from rramc.runtime.report import Report
 
@@ -156,7 +157,7 @@ class Executable:
         c = self.target.conductance
         lines = []
         for bits in sorted({(n.op.dac_bits, n.op.adc_bits) for n in layers}, key=str):  # type: ignore[attr-defined]
-            cells = Conductances(torch.zeros(1, 1), torch.zeros(1, 1), TileGrid((0, 1), (0, 1)), Lowering(), self.target.device,
+            cells = Conductances(DensePairs(torch.zeros(1, 1), torch.zeros(1, 1)), TileGrid((0, 1), (0, 1)), Lowering(), self.target.device,
                                  self.target.crossbar.read_voltage, (c.g_min, c.g_max), bits[0], tolerance_for(bits[1]))
             lines.append(self.target.wires.describe(cells))
         return "; ".join(dict.fromkeys(lines))

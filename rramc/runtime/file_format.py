@@ -45,7 +45,8 @@ import torch
 from rramc.errors import ExecutableFormatError, RramcError
 from rramc.hardware.target import Target
 from rramc.ir import ATTRIBUTES, OPS, Attribute, Graph
-from rramc.runtime.compact import FIXED_ERROR, decode_pairs, fix, pair_codebook, unfix
+from rramc.ir.cells import CellPairs, CodedPairs, decode_pairs
+from rramc.runtime.compact import FIXED_ERROR, fix, unfix
 
 FORMAT = "rramx"
 FORMAT_VERSION = 3
@@ -101,17 +102,18 @@ class _TensorWriter:
             return {"tensor": key}
         return self._once("tensor", (value,), write)
 
-    def pair(self, g_pos: torch.Tensor, g_neg: torch.Tensor, prefix: str) -> tuple[Any, Any]:
-        """The entries of a conductance pair: codes into a codebook of its distinct pairs, or the two tensors."""
+    def pair(self, cells: CellPairs, prefix: str) -> tuple[Any, Any]:
+        """The entries of ``g_pos`` and ``g_neg``: codes into a codebook of the distinct pairs, or the two tensors."""
         def write() -> tuple[Any, Any]:
-            coded = pair_codebook(g_pos, g_neg)
+            coded = cells if isinstance(cells, CodedPairs) else CodedPairs.encode(*cells.dense())
             if coded is None:
+                g_pos, g_neg = cells.dense()
                 return self.tensor(g_pos, f"{prefix}.g_pos"), self.tensor(g_neg, f"{prefix}.g_neg")
             key = f"{prefix}.conductances"
-            self._add(f"{key}.codes", coded[0])
-            self._add(f"{key}.codebook", coded[1])
-            return ({"pair": key, "side": 0, "shape": list(g_pos.shape)}, {"pair": key, "side": 1, "shape": list(g_pos.shape)})
-        return self._once("pair", (g_pos, g_neg), write)
+            self._add(f"{key}.codes", coded.codes.reshape(-1))
+            self._add(f"{key}.codebook", coded.codebook)
+            return ({"pair": key, "side": 0, "shape": list(cells.shape)}, {"pair": key, "side": 1, "shape": list(cells.shape)})
+        return self._once("pair", (cells,), write)
 
     def fixed_weight(self, value: torch.Tensor, key: str) -> dict[str, Any]:
         """A layer's float weight in 12-bit fixed point (as it is where it cannot be: non-finite values)."""
@@ -141,10 +143,7 @@ class _TensorReader:
         if "tensor" in entry:
             return self.tensors[entry["tensor"]]
         if "pair" in entry:
-            key = entry["pair"]
-            if key not in self._decoded:
-                self._decoded[key] = decode_pairs(self.tensors[f"{key}.codes"], self.tensors[f"{key}.codebook"], _shape(entry["shape"]))
-            return self._decoded[key][[0, 1].index(entry["side"])]
+            return self.pairs(entry).dense()[[0, 1].index(entry["side"])]
         if "fixed12" in entry:
             key = entry["fixed12"]
             if key not in self._decoded:
@@ -152,6 +151,13 @@ class _TensorReader:
                                            _FLOAT_DTYPES[entry["dtype"]])
             return self._decoded[key]
         return None
+
+    def pairs(self, entry: dict[str, Any]) -> CodedPairs:
+        """The coded conductance pairs a ``pair`` entry stands for (one object for every op that holds them)."""
+        key = entry["pair"]
+        if key not in self._decoded:
+            self._decoded[key] = decode_pairs(self.tensors[f"{key}.codes"], self.tensors[f"{key}.codebook"], _shape(entry["shape"]))
+        return self._decoded[key]
 
 
 def _shape(value: Any) -> tuple[int, ...]:
@@ -302,13 +308,11 @@ def _encode_graph(graph: Graph, prefix: str, tensors: _TensorWriter, *, fixed_we
     nodes = []
     for node in graph:
         op, key = node.op, f"{prefix}{node.name}"
-        g_pos, g_neg = getattr(op, "g_pos", None), getattr(op, "g_neg", None)
-        pair = tensors.pair(g_pos, g_neg, key) if isinstance(g_pos, torch.Tensor) and isinstance(g_neg, torch.Tensor) else None
         attrs = {}
         for f in dataclasses.fields(op):
             value = getattr(op, f.name)
-            if pair is not None and f.name in ("g_pos", "g_neg"):
-                attrs[f.name] = pair[f.name == "g_neg"]
+            if isinstance(value, CellPairs):  # stored as the conductances g_pos and g_neg (see CrossbarOp.attributes)
+                attrs["g_pos"], attrs["g_neg"] = tensors.pair(value, key)
             elif fixed_weights and f.name == "weight" and isinstance(value, torch.Tensor):
                 attrs[f.name] = tensors.fixed_weight(value, f"{key}.{f.name}")
             else:
@@ -552,9 +556,15 @@ def _decode_graph(entries: list[Any], tensors: _TensorReader, version: int, targ
             if cls is None:
                 raise refuse(f"node %{entry['name']} uses op '{entry['kind']}', which this rramc does not know "
                              "(was it compiled with a plugin that is not installed?)")
-            attrs = {k: _decode(v, tensors) for k, v in entry["attrs"].items()}
+            raw = entry["attrs"]
+            pair = raw.get("g_pos"), raw.get("g_neg")
+            coded = (all(isinstance(side, dict) and "pair" in side for side in pair) and pair[0]["pair"] == pair[1]["pair"]  # type: ignore[index]
+                     and (pair[0].get("side"), pair[1].get("side")) == (0, 1))  # type: ignore[union-attr]
+            attrs = {k: _decode(v, tensors) for k, v in raw.items() if not (coded and k in ("g_pos", "g_neg"))}
+            if coded:  # kept coded in memory too (CrossbarOp.from_attributes)
+                attrs["cells"] = tensors.pairs(pair[0])  # type: ignore[arg-type]
             _check_types(cls, attrs, f"node %{entry['name']} ({entry['kind']}):")
-            op = cls(**attrs)
+            op = cls.from_attributes(attrs)
             if entry["name"] in graph:
                 raise ValueError(f"two nodes are named %{entry['name']}")
             graph.add(entry["name"], op, entry["inputs"], shape=tuple(entry["shape"]), meta=entry["meta"])
