@@ -145,3 +145,19 @@ def test_weight_encodings_map_straight_to_coded_cells() -> None:
         trained = weight_encoding(name, target).map(weight.requires_grad_(), per_column=True, levels=None)
         assert isinstance(trained.pairs, DensePairs) and trained.g_pos.requires_grad
         weight = weight.detach()
+
+
+@pytest.mark.parametrize("tile_rows", [None, 12])  # one row block, and several
+def test_gradients_reach_dense_cells_that_require_them(tile_rows: int | None) -> None:
+    """Trainable cells (dense, requiring grad) on rram_b's several expansion terms: the matmuls stay differentiable."""
+    torch.manual_seed(0)
+    pipeline = "canonicalize,quantize,tile" + (f"{{rows={tile_rows}}}" if tile_rows else "") + ",calibrate,emit"
+    exe = rramc.compile(nn.Sequential(nn.Linear(30, 8)), "rram_b", calibration_data=torch.rand(64, 30), input_range=(0.0, 1.0),
+                        pipeline=pipeline)
+    node = exe.graph.nodes_of(CrossbarOp)[0]
+    target = rramc.load_target("rram_b").nominal()
+    g_pos, g_neg = (g.clone().requires_grad_() for g in node.op.cells.dense())
+    layer = CrossbarLayer.build(node.name, node.source, node.op, target, DensePairs(g_pos, g_neg),
+                                input_encoding(node.op.input_encoding, target))
+    layer(torch.rand(4, 30).requires_grad_()).sum().backward()
+    assert g_pos.grad is not None and bool(torch.isfinite(g_pos.grad).all()) and float(g_pos.grad.abs().sum()) > 0

@@ -199,7 +199,7 @@ def _matrices(cells: Conductances, expansion: Expansion, *, subtract: bool) -> _
     """``ψ(G⁺) ∓ ψ(G⁻)`` of every cell pair, arranged for the layer's matmuls (linear) or convolutions.
 
     Computed per distinct pair where the cells are coded, and written straight into the layout the
-    matmuls read: the only matrix of the layer's size built here is the one kept.
+    matmuls read: with one expansion term, the only matrix of the layer's size built here is the one kept.
     """
     grid = cells.grid
     if cells.terms is not None and subtract:
@@ -280,7 +280,7 @@ def _matmul(matrices: _Matrices, cells: Conductances, read: Read, squared: bool 
             padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)
             return torch.bmm(padded[:, matrices.index].transpose(0, 1), matrices.stacked)
         assert matrices.rows is not None
-        if flat.requires_grad:
+        if torch.is_grad_enabled() and (flat.requires_grad or matrices.rows.requires_grad):  # mm(out=) does not differentiate
             return torch.stack([flat[:, a:b] @ matrices.rows[a:b] for a, b in matrices.row_blocks])
         # Each block's rows are a slice of the drive and of the matrix: a matmul per block into one buffer.
         out = flat.new_empty(len(matrices.row_blocks), flat.shape[0], matrices.rows.shape[1])
