@@ -77,7 +77,8 @@ class Quantize(Pass):
                                               slices=plan.weight_slices, slice_bits=plan.slice_bits)
                 cells, per_weight = mappings[node.name] = mapped.pairs, mapped.conductance_per_weight
             node.op = crossbar_op(op, weight=op.weight, bias=op.bias, cells=cells, conductance_per_weight=per_weight,
-                                  weight_encoding=plan.weight_encoding, input_encoding=plan.input_encoding, dac_bits=plan.dac_bits, adc_bits=plan.adc_bits,
+                                  weight_encoding=plan.weight_encoding, input_encoding=plan.input_encoding,
+                                  dac_bits=plan.dac_bits, adc_bits=plan.adc_bits,
                                   input_range=op.input_range, trained_for=op.trained_for, weight_slices=plan.weight_slices,
                                   slice_bits=plan.slice_bits, shares=op.shares)
         return graph

@@ -307,12 +307,13 @@ def column_current_bounds(op: CrossbarOp, target: Target, reach: float) -> tuple
     """
     device = target.device
     voltages, weight = applied_voltages(input_encoding(op.input_encoding, target), op.dac_bits, reach)
+    if device.separable:  # d_ij(v) = ΔG_ij · g(v): its extremes are at g's
+        unit = device.unit_current(voltages)
+        high, low = float(unit.max().clamp_min(0)), float((-unit).max().clamp_min(0))
 
     def extremes(g_pos: Tensor, g_neg: Tensor) -> Tensor:
         """``[pairs, 2]``: the largest positive and negative current of each pair over the voltages."""
-        if device.separable:  # d_ij(v) = ΔG_ij · g(v): its extremes are at g's
-            unit = device.unit_current(voltages)
-            high, low = float(unit.max().clamp_min(0)), float((-unit).max().clamp_min(0))
+        if device.separable:
             rising, falling = (g_pos - g_neg).clamp_min(0), (g_neg - g_pos).clamp_min(0)
             return torch.stack([rising * high + falling * low, rising * low + falling * high], -1)
         positive, negative = torch.zeros_like(g_pos), torch.zeros_like(g_pos)

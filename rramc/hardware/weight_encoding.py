@@ -139,8 +139,8 @@ def _map_cells(weight: Tensor, peak: Tensor, cells: Cells) -> CellPairs:
     coder = None
     for a in range(0, outputs, step):
         block_pos, block_neg = cells(weight[a:a + step].detach().to(torch.float64), peak[a:a + step])
-        k = block_pos.shape[0] // min(step, outputs - a)  # cells per weight
         if coder is None:
+            k = block_pos.shape[0] // min(step, outputs)  # cells per weight
             coder = cell_pairs.PairCoder(inputs, outputs * k, weight.dtype, weight.device)
         coder.write(a * k, block_pos.T, block_neg.T)
     assert coder is not None

@@ -61,10 +61,6 @@ class CellPairs(ABC):
         """The smallest and the largest conductance of either cell (0, 0 when there are none): cheap, the verifier asks."""
 
     @abstractmethod
-    def tensors(self) -> tuple[Tensor, ...]:
-        """The tensors that hold the pairs."""
-
-    @abstractmethod
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> CellPairs:
         """The same pairs with conductances of ``dtype`` on ``device`` (itself when nothing changes)."""
 
@@ -127,9 +123,6 @@ class DensePairs(CellPairs):
         g_pos, g_neg = self.g_pos.detach(), self.g_neg.detach()
         return (float(torch.minimum(g_pos.min(), g_neg.min())), float(torch.maximum(g_pos.max(), g_neg.max())))
 
-    def tensors(self) -> tuple[Tensor, ...]:
-        return (self.g_pos, self.g_neg)
-
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> DensePairs:
         g_pos, g_neg = (g.to(dtype=dtype, device=device) for g in (self.g_pos, self.g_neg))
         return self if g_pos is self.g_pos and g_neg is self.g_neg else DensePairs(g_pos, g_neg)
@@ -138,7 +131,8 @@ class DensePairs(CellPairs):
 @dataclass(frozen=True, eq=False)
 class CodedPairs(CellPairs):
     """``codes`` ``[rows, columns]`` (uint8 or uint16): each cell pair's index into ``codebook`` ``[pairs, 2]``,
-    the distinct ``(g_pos, g_neg)`` pairs."""
+    the distinct ``(g_pos, g_neg)`` pairs. A code past the codebook (a corrupt file) is refused when the pairs
+    are made, once: nothing changes them after."""
 
     codes: Tensor
     codebook: Tensor
@@ -148,6 +142,10 @@ class CodedPairs(CellPairs):
             raise ValueError(f"pair codes must be a matrix of uint8 or uint16, not {self.codes.dtype} {list(self.codes.shape)}")
         if self.codebook.dim() != 2 or self.codebook.shape[1] != 2 or len(self.codebook) == 0 or not self.codebook.is_floating_point():
             raise ValueError(f"a pair codebook must be [pairs, 2] floats, not {self.codebook.dtype} {list(self.codebook.shape)}")
+        flat = self.codes.reshape(-1)  # uint16 has no max of its own: in chunks, as int32
+        largest = max((int(flat[a:a + CHUNK].to(torch.int32).max()) for a in range(0, flat.numel(), CHUNK)), default=0)
+        if largest >= len(self.codebook):
+            raise ValueError(f"a pair code is {largest}, past the codebook's {len(self.codebook)} pairs")
 
     @classmethod
     def encode(cls, g_pos: Tensor, g_neg: Tensor) -> CodedPairs | None:
@@ -177,13 +175,6 @@ class CodedPairs(CellPairs):
     def device(self) -> torch.device:
         return self.codebook.device
 
-    def check_codes(self) -> None:
-        """Raise ``ValueError`` if a code points past the codebook (a corrupt file)."""
-        flat = self.codes.reshape(-1)
-        largest = max((int(flat[a:a + CHUNK].to(torch.int32).max()) for a in range(0, flat.numel(), CHUNK)), default=0)
-        if largest >= len(self.codebook):  # (uint16 has no max of its own)
-            raise ValueError(f"a pair code is {largest}, past the codebook's {len(self.codebook)} pairs")
-
     def per_pair(self, function: Callable[[Tensor, Tensor], Tensor], start: int = 0, stop: int | None = None) -> Tensor:
         values = function(self.codebook[:, 0], self.codebook[:, 1])  # one value per distinct pair
         codes = self.codes[start:stop]
@@ -203,9 +194,6 @@ class CodedPairs(CellPairs):
     def extrema(self) -> tuple[float, float]:
         """Over the codebook (coding puts only the pairs that occur in it: no pass over the codes)."""
         return (float(self.codebook.min()), float(self.codebook.max())) if self.codes.numel() else (0.0, 0.0)
-
-    def tensors(self) -> tuple[Tensor, ...]:
-        return (self.codes, self.codebook)
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> CodedPairs:
         codes, codebook = self.codes.to(device=device), self.codebook.to(dtype=dtype, device=device)
@@ -292,9 +280,9 @@ class PairCoder:
         dense = self._empty_dense()
         if len(self.known):
             coded = CodedPairs(self.codes, self.known.view(torch.float32).reshape(-1, 2).to(self.device))
-            for a in range(0, self.shape[0], max(1, CHUNK // max(self.shape[1], 1))):
-                b = min(a + max(1, CHUNK // max(self.shape[1], 1)), self.shape[0])
-                dense[0][a:b], dense[1][a:b] = coded.rows(a, b)  # columns not yet written are overwritten later
+            step = max(1, CHUNK // max(self.shape[1], 1))
+            for a in range(0, self.shape[0], step):
+                dense[0][a:a + step], dense[1][a:a + step] = coded.rows(a, a + step)  # columns not yet written: overwritten later
         self.codes, self.dense = None, dense
 
 
@@ -345,6 +333,4 @@ def decode_pairs(codes: Tensor, codebook: Tensor, shape: tuple[int, ...]) -> Cod
         raise ValueError(f"pair codes must be a vector of uint8 or uint16, not {codes.dtype} {list(codes.shape)}")
     if len(shape) != 2 or codes.numel() != math.prod(shape):
         raise ValueError(f"{codes.numel()} pair codes for conductances of shape {list(shape)}")
-    pairs = CodedPairs(codes.reshape(shape), codebook)
-    pairs.check_codes()
-    return pairs
+    return CodedPairs(codes.reshape(shape), codebook)

@@ -156,10 +156,9 @@ class Graph:
                 memo[id(tensor)] = tensor
         return copy.deepcopy(self, memo)
 
-    def own_copies(self, of: Iterable[torch.Tensor]) -> int:
+    def own_copies(self, of: Iterable[torch.Tensor]) -> None:
         """Give every op its own copy of each tensor that shares storage with one of ``of`` (a model's
-        parameters, which the importer reads without copying); a tensor several ops hold stays one.
-        Returns how many tensors were copied."""
+        parameters, which the importer reads without copying); a tensor several ops hold stays one."""
         storages = {t.untyped_storage().data_ptr() for t in of if t.numel()}
         copies: dict[int, torch.Tensor] = {}
 
@@ -181,7 +180,6 @@ class Graph:
 
         for node in self:
             node.op = owned(node.op)
-        return len(copies)
 
     # --- algorithms ----------------------------------------------------------------------------
 

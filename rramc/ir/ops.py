@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rramc.ir.attributes import Attribute, DeviceTraining, InputRange
-from rramc.ir.cells import CellPairs, CodedPairs, DensePairs
+from rramc.ir.cells import CellPairs, DensePairs
 
 Shape = tuple[int, ...]
 Bounds = tuple[float | None, float | None]
@@ -713,8 +713,6 @@ class CrossbarOp(Op):
         _check_vector("conductance_per_weight", self.conductance_per_weight, cols)
         _check_vector("gain", self.gain, cols)
         _check_vector("offset", self.offset, cols)
-        if isinstance(self.cells, CodedPairs):
-            self.cells.check_codes()
         if self.cells.extrema()[0] < 0:
             raise ValueError("conductances must be non-negative")
         for name in ("weight_encoding", "input_encoding"):

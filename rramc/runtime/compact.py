@@ -17,9 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-CHUNK = 1 << 20
-"""Elements handled at once: the intermediates of a 100-million-weight layer stay a few MB."""
-
+from rramc.ir.cells import CHUNK
 
 FIXED_BITS = 12
 """Bits of a compact reference weight: the sign and 11 bits of magnitude."""

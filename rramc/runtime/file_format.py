@@ -143,7 +143,7 @@ class _TensorReader:
         if "tensor" in entry:
             return self.tensors[entry["tensor"]]
         if "pair" in entry:
-            return self.pairs(entry).dense()[[0, 1].index(entry["side"])]
+            return self.pairs(entry).side([0, 1].index(entry["side"]))
         if "fixed12" in entry:
             key = entry["fixed12"]
             if key not in self._decoded:
